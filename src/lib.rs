@@ -1,0 +1,14 @@
+//! concur: the talk *Concurrent Programming in Python* turned into measured software.
+//!
+//! - [`protocol`]: the echo and fib services as sans-I/O state machines.
+//! - [`fib`]: the CPU-bound kernel and `concur fib`.
+//! - [`sys`]: CPU time, /proc readings, pinning, descriptor limits.
+//! - [`error`]: errors a user can act on, and their exit codes.
+//!
+//! `src/main.rs` only parses the command line and calls into these modules.
+
+pub mod error;
+pub mod fib;
+pub mod logging;
+pub mod protocol;
+pub mod sys;

@@ -1,0 +1,66 @@
+//! The `concur` command line: parse, dispatch, and turn errors into one line and an
+//! exit status (2 for what the user can fix, 1 otherwise). Nothing else lives here.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "concur",
+    version,
+    about = "The talk 'Concurrent Programming in Python', measured in Rust"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Which is faster for CPU-bound work: threads or processes? Measures fib(n) five ways
+    Fib(concur::fib::command::FibArgs),
+    /// Internal: compute one fib(n) and print it (the `processes` mode's child)
+    #[command(hide = true)]
+    FibWorker { n: u32 },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            let text = e.render().to_string();
+            eprintln!(
+                "{}",
+                text.lines().next().unwrap_or("error: bad command line")
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    match dispatch(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(concur::error::exit_code(&e))
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<u8> {
+    use concur::fib::command as fib;
+    match command {
+        Command::Fib(args) => {
+            let report = fib::run(&args, &fib::current_exe()?)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", fib::render_table(&report));
+            }
+            Ok(0)
+        }
+        Command::FibWorker { n } => fib::worker_main(n).map(|()| 0),
+    }
+}
