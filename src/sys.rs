@@ -55,8 +55,10 @@ pub struct ProcStat {
     /// Resident set size in bytes.
     pub rss_bytes: u64,
     pub threads: u64,
-    /// Voluntary plus involuntary context switches of the whole process.
+    /// Voluntary plus involuntary context switches, summed over every thread.
     pub context_switches: u64,
+    /// CPU time of children this process has already waited for (cutime, cstime).
+    pub reaped_children_cpu: CpuTime,
 }
 
 /// Read /proc/PID/stat and /proc/PID/status. `None` if the process is gone.
@@ -68,14 +70,6 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let ticks = clock_ticks();
     let to_dur = |t: u64| Duration::from_secs_f64(t as f64 / ticks as f64);
     let page = page_size();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let status_field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
     Some(ProcStat {
         cpu: CpuTime {
             user: to_dur(field(14)?),
@@ -83,9 +77,70 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
         },
         rss_bytes: field(24)? * page,
         threads: field(20)?,
-        context_switches: status_field("voluntary_ctxt_switches:")
-            + status_field("nonvoluntary_ctxt_switches:"),
+        context_switches: context_switches(pid),
+        reaped_children_cpu: CpuTime {
+            user: to_dur(field(16)?),
+            system: to_dur(field(17)?),
+        },
     })
+}
+
+/// Context switches of every thread of `pid` (/proc/PID/status counts only the leader).
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+/// A server and its live child processes (prefork workers, per-client children) as one.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TreeStat {
+    /// CPU of the process, its live children, and the children it has reaped.
+    pub cpu: CpuTime,
+    /// RSS summed over the process and its children (shared pages count once per process).
+    pub rss_bytes: u64,
+    pub threads: u64,
+    pub context_switches: u64,
+    pub children: u64,
+}
+
+/// Read `pid` and its live children. `None` if `pid` is gone.
+pub fn tree_stat(pid: u32) -> Option<TreeStat> {
+    let top = proc_stat(pid)?;
+    let mut t = TreeStat {
+        cpu: CpuTime {
+            user: top.cpu.user + top.reaped_children_cpu.user,
+            system: top.cpu.system + top.reaped_children_cpu.system,
+        },
+        rss_bytes: top.rss_bytes,
+        threads: top.threads,
+        context_switches: top.context_switches,
+        children: 0,
+    };
+    for kid in children(pid) {
+        if let Some(k) = proc_stat(kid) {
+            t.cpu.user += k.cpu.user + k.reaped_children_cpu.user;
+            t.cpu.system += k.cpu.system + k.reaped_children_cpu.system;
+            t.rss_bytes += k.rss_bytes;
+            t.threads += k.threads;
+            t.context_switches += k.context_switches;
+            t.children += 1;
+        }
+    }
+    Some(t)
 }
 
 /// Child processes of `pid` (from /proc/PID/task/*/children).
@@ -144,7 +199,12 @@ pub fn pin_to_core(pid: u32, core: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Raise this process's soft descriptor limit to its hard limit; returns the new soft limit.
+/// Raise this process's descriptor limit as far as it goes; returns the new soft limit.
+///
+/// The soft limit goes up to the hard limit. If the process may raise the hard limit
+/// too (root, or CAP_SYS_RESOURCE), both go up to the kernel's `fs.nr_open`: this
+/// machine's default hard limit (20000) would otherwise cap every test of the talk's
+/// "tens of thousands of connections" below 20k.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -154,6 +214,19 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return Err(std::io::Error::last_os_error());
+        }
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+            .unwrap_or(0);
+        if nr_open > lim.rlim_max {
+            let wider = libc::rlimit {
+                rlim_cur: nr_open,
+                rlim_max: nr_open,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wider) == 0 {
+                return Ok(nr_open);
+            }
         }
         if lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
@@ -175,6 +248,22 @@ mod tests {
         assert!(me.rss_bytes > 0);
         assert!(me.threads >= 1);
         assert!(open_fds(std::process::id()).unwrap() >= 3);
+        let tree = tree_stat(std::process::id()).unwrap();
+        assert!(tree.rss_bytes >= me.rss_bytes);
+        assert!(tree.context_switches > 0);
+    }
+
+    #[test]
+    fn fd_limit_only_goes_up() {
+        let before = unsafe {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_cur
+        };
+        assert!(raise_fd_limit().unwrap() >= before);
     }
 
     #[test]

@@ -1,0 +1,33 @@
+"""The talk's option 2: a new process for each client.
+
+Unlike the slide, the parent closes its copy of the client socket (or the client never
+sees EOF) and reaps finished children (or they stay zombies).
+"""
+
+import os
+import signal
+from common import parse_args, listen, announce
+from blocking import echo_handler
+
+
+def echo_server(args):
+    sock = listen(args)
+    announce(args, sock)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps children for us
+    while True:
+        client, addr = sock.accept()
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            try:
+                echo_handler(client, addr, args)
+            finally:
+                os._exit(0)
+        client.close()
+
+
+if __name__ == "__main__":
+    try:
+        echo_server(parse_args("python-processes"))
+    except KeyboardInterrupt:
+        pass
