@@ -2,6 +2,7 @@
 //!
 //! - [`protocol`]: the echo and fib services as sans-I/O state machines.
 //! - [`fib`]: the CPU-bound kernel and `concur fib`.
+//! - [`lab`]: `concur lab`, the talk's questions as experiments and a report.
 //! - [`sys`]: CPU time, /proc readings, pinning, descriptor limits.
 //! - [`error`]: errors a user can act on, and their exit codes.
 //!
@@ -9,6 +10,7 @@
 
 pub mod error;
 pub mod fib;
+pub mod lab;
 pub mod logging;
 pub mod protocol;
 pub mod sys;

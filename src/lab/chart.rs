@@ -1,0 +1,237 @@
+//! Charts as inline SVG (plotters' SVG backend, text as SVG `<text>`): the report stays
+//! one self-contained file that fetches nothing.
+
+use plotters::prelude::*;
+
+const SIZE: (u32, u32) = (760, 380);
+
+/// A series for a chart: its name and values.
+pub struct Series<T> {
+    pub name: String,
+    pub values: T,
+}
+
+/// Grouped bars: one group per category, one bar per series. `None` leaves a gap.
+pub fn bars(
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    series: &[Series<Vec<Option<f64>>>],
+) -> String {
+    let max = series
+        .iter()
+        .flat_map(|s| s.values.iter().flatten())
+        .fold(0.0f64, |a, &b| a.max(b))
+        .max(1e-9)
+        * 1.15;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let n = categories.len().max(1);
+        let Ok(mut chart) = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..n as f64, 0f64..max)
+        else {
+            return svg_fallback(title);
+        };
+        let cats = categories.to_vec();
+        let _ = chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - x.floor() - 0.5).abs() < 0.01 {
+                    cats.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc(y_label)
+            .y_label_formatter(&|y| human(*y))
+            .draw();
+        let k = series.len().max(1) as f64;
+        let width = 0.8 / k;
+        for (si, s) in series.iter().enumerate() {
+            let color = Palette99::pick(si).to_rgba();
+            let rects = s.values.iter().enumerate().filter_map(|(ci, v)| {
+                v.map(|v| {
+                    let x0 = ci as f64 + 0.1 + si as f64 * width;
+                    Rectangle::new([(x0, 0.0), (x0 + width * 0.92, v)], color.filled())
+                })
+            });
+            if let Ok(drawn) = chart.draw_series(rects) {
+                drawn.label(s.name.clone()).legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                });
+            }
+        }
+        if series.len() > 1 {
+            let _ = chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::UpperRight)
+                .draw();
+        }
+        let _ = root.present();
+    }
+    svg
+}
+
+/// Lines over x (log scale when `log_x`), one per series, with a point at each value.
+pub fn lines(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    log_x: bool,
+    series: &[Series<Vec<(f64, f64)>>],
+) -> String {
+    let points = || series.iter().flat_map(|s| s.values.iter());
+    let x_min = points().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let x_max = points().map(|p| p.0).fold(0.0f64, f64::max);
+    let y_max = points().map(|p| p.1).fold(0.0f64, f64::max).max(1e-9) * 1.15;
+    if !x_min.is_finite() {
+        return svg_fallback(title);
+    }
+    let (x0, x1) = if log_x {
+        (x_min * 0.8, x_max * 1.25)
+    } else {
+        (0.0, x_max * 1.05)
+    };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        macro_rules! builder {
+            () => {
+                ChartBuilder::on(&root)
+                    .caption(title, ("sans-serif", 18))
+                    .margin(12)
+                    .x_label_area_size(45)
+                    .y_label_area_size(70)
+            };
+        }
+        macro_rules! draw {
+            ($chart:expr) => {{
+                let mut chart = $chart;
+                let _ = chart
+                    .configure_mesh()
+                    .x_desc(x_label)
+                    .y_desc(y_label)
+                    .y_label_formatter(&|y| human(*y))
+                    .x_label_formatter(&|x| human(*x))
+                    .draw();
+                for (i, s) in series.iter().enumerate() {
+                    let color = Palette99::pick(i).to_rgba();
+                    if let Ok(drawn) =
+                        chart.draw_series(LineSeries::new(s.values.clone(), color.stroke_width(2)))
+                    {
+                        drawn.label(s.name.clone()).legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                        });
+                    }
+                    let _ = chart
+                        .draw_series(s.values.iter().map(|&p| Circle::new(p, 3, color.filled())));
+                }
+                let _ = chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .position(SeriesLabelPosition::UpperRight)
+                    .draw();
+            }};
+        }
+        if log_x {
+            match builder!().build_cartesian_2d((x0..x1).log_scale(), 0f64..y_max) {
+                Ok(c) => draw!(c),
+                Err(_) => return svg_fallback(title),
+            }
+        } else {
+            match builder!().build_cartesian_2d(x0..x1, 0f64..y_max) {
+                Ok(c) => draw!(c),
+                Err(_) => return svg_fallback(title),
+            }
+        }
+        let _ = root.present();
+    }
+    svg
+}
+
+fn svg_fallback(title: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"60\"><text x=\"10\" y=\"35\" font-family=\"sans-serif\">{}: no data</text></svg>",
+        SIZE.0,
+        super::report::escape(title)
+    )
+}
+
+/// 1234567 -> "1.2M", 0.5 -> "0.5".
+pub fn human(x: f64) -> String {
+    let a = x.abs();
+    if a >= 1e6 {
+        format!("{:.1}M", x / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.0}k", x / 1e3)
+    } else if a >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else if a >= 10.0 || a == 0.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bar_chart_has_a_bar_per_value() {
+        let svg = bars(
+            "t",
+            "y",
+            &["a".into(), "b".into()],
+            &[Series {
+                name: "s".into(),
+                values: vec![Some(1.0), Some(2.0)],
+            }],
+        );
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.matches("<rect").count() >= 3, "background + 2 bars");
+        assert!(
+            svg.contains(">\na\n<") || svg.contains(">a<"),
+            "category label"
+        );
+    }
+
+    #[test]
+    fn line_chart_draws_and_empty_chart_says_so() {
+        let svg = lines(
+            "t",
+            "x",
+            "y",
+            true,
+            &[Series {
+                name: "epoll".into(),
+                values: vec![(1.0, 5.0), (100.0, 50.0)],
+            }],
+        );
+        assert!(svg.contains("<polyline") || svg.contains("<path"));
+        assert!(svg.contains("epoll"));
+        let empty = lines("nothing", "x", "y", false, &[]);
+        assert!(empty.contains("no data"));
+    }
+
+    #[test]
+    fn human_numbers() {
+        assert_eq!(human(1_234_567.0), "1.2M");
+        assert_eq!(human(45_000.0), "45k");
+        assert_eq!(human(1500.0), "1.5k");
+        assert_eq!(human(0.25), "0.25");
+    }
+}

@@ -1,0 +1,567 @@
+//! The talk's questions as experiments. Each function measures, repeats, and pushes
+//! [`Point`]s; `report.rs` turns them into tables, charts and answers.
+//!
+//! 1. `cpu`: `concur fib` in its five modes, and the same list in CPython.
+//! 2. `echo`: every model x connections with 64-byte requests, and 4 KiB at 100.
+//! 3. `scaling`: `concur hold` at growing connection counts until a model fails.
+//! 4. `fibload`: a fib server with one client asking a heavy fib in a loop.
+//!
+//! Python's versions of the talk's servers (`peers/python/`) run beside the Rust
+//! models wherever python3 is found.
+
+use super::runner::{self, Server};
+use super::stats::Point;
+use super::{Lab, Plan};
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+/// Every model `concur serve` knows or will know; one the binary refuses is reported
+/// as not available rather than silently dropped.
+pub const RUST_MODELS: [&str; 10] = [
+    "blocking",
+    "threads",
+    "processes",
+    "select",
+    "async",
+    "epoll",
+    "uring",
+    "reuseport",
+    "threadpool",
+    "prefork",
+];
+
+/// The models that run many clients on one event loop: fib is inline unless `--offload`.
+pub const EVENT_LOOPS: [&str; 5] = ["select", "async", "epoll", "uring", "reuseport"];
+
+/// The talk's servers in Python: (name, file under peers/python/).
+pub const PYTHON_SERVERS: [(&str, &str); 5] = [
+    ("python-blocking", "blocking.py"),
+    ("python-threads", "threads.py"),
+    ("python-processes", "processes.py"),
+    ("python-selectors", "selectors_loop.py"),
+    ("python-asyncio", "asyncio_server.py"),
+];
+
+/// A server the lab can start: a concur model or a Python peer.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    pub name: String,
+    python_file: Option<&'static str>,
+}
+
+impl ServerSpec {
+    pub fn rust(model: &str) -> Self {
+        ServerSpec {
+            name: model.to_string(),
+            python_file: None,
+        }
+    }
+
+    pub fn is_python(&self) -> bool {
+        self.python_file.is_some()
+    }
+
+    /// The command that starts it on a free loopback port.
+    fn command(&self, lab: &Lab, service: &str, extra: &[String]) -> Command {
+        let mut cmd = match (self.python_file, &lab.python) {
+            (Some(file), Some(python)) => {
+                let mut c = Command::new(python);
+                c.arg(lab.peers_dir.join(file));
+                c
+            }
+            _ => {
+                let mut c = Command::new(&lab.exe);
+                c.args(["serve", "--model", &self.name]);
+                c
+            }
+        };
+        cmd.args(["--service", service, "--addr", "127.0.0.1:0"])
+            .args(extra);
+        cmd
+    }
+
+    fn start(&self, lab: &Lab, service: &str, extra: &[String], tag: &str) -> Result<Server> {
+        let log = lab
+            .logs
+            .join(format!("{}-{}-{tag}.log", self.name, service));
+        let core = lab.pins.map(|(server, _)| server);
+        Server::start(&self.name, self.command(lab, service, extra), core, &log)
+    }
+}
+
+/// The servers an experiment runs: the chosen models, then the Python peers.
+pub fn servers(plan: &Plan, python: bool, filter: impl Fn(&str) -> bool) -> Vec<ServerSpec> {
+    let mut list: Vec<ServerSpec> = plan
+        .models
+        .iter()
+        .filter(|m| filter(m))
+        .map(|m| ServerSpec::rust(m))
+        .collect();
+    if python {
+        list.extend(
+            PYTHON_SERVERS
+                .iter()
+                .filter(|(name, _)| filter(name))
+                .map(|(name, file)| ServerSpec {
+                    name: name.to_string(),
+                    python_file: Some(file),
+                }),
+        );
+    }
+    list
+}
+
+fn num(v: &Value, path: &[&str]) -> Option<f64> {
+    let mut v = v;
+    for key in path {
+        v = v.get(key)?;
+    }
+    v.as_f64()
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+// ---------------------------------------------------------------- 1. cpu
+
+/// `concur fib --json` (both cores, not pinned) and `peers/python/fib_cpu.py`.
+pub fn cpu(lab: &mut Lab) -> Result<()> {
+    let list = |ns: &[u32]| ns.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let rust_list = list(&lab.plan.fib_rust_n);
+    let mut runs: BTreeMap<String, Vec<BTreeMap<String, f64>>> = BTreeMap::new();
+    let mut py_runs: BTreeMap<String, Vec<BTreeMap<String, f64>>> = BTreeMap::new();
+    let mut py_error = None;
+    for _ in 0..lab.plan.repeat {
+        if runner::interrupted() {
+            break;
+        }
+        lab.step("cpu: concur fib, five modes");
+        let mut cmd = Command::new(&lab.exe);
+        cmd.args(["fib", "--n", &rust_list, "--json"]);
+        let report = runner::run_json(cmd, None, Duration::from_secs(600), |_| {})?;
+        collect_fib_rows(&report, &mut runs);
+        if let Some(python) = lab.python.clone() {
+            lab.step("cpu: the same in CPython");
+            let mut cmd = Command::new(python);
+            cmd.arg(lab.peers_dir.join("fib_cpu.py"))
+                .arg(list(&lab.plan.fib_python_n));
+            match runner::run_json(cmd, None, Duration::from_secs(600), |_| {}) {
+                Ok(report) => collect_fib_rows(&report, &mut py_runs),
+                Err(e) => py_error = Some(format!("{e:#}")),
+            }
+        }
+    }
+    for (server, ns, runs) in [
+        ("rust", &lab.plan.fib_rust_n, runs),
+        ("python", &lab.plan.fib_python_n, py_runs),
+    ] {
+        for (mode, mode_runs) in runs {
+            let mut p = Point::new("cpu", server, &format!("mode={mode}"));
+            p.params.insert("n".into(), serde_json::json!(ns));
+            p.set_runs(&mode_runs);
+            lab.points.push(p);
+        }
+    }
+    if let Some(e) = py_error {
+        let mut p = Point::new("cpu", "python", "mode=all");
+        p.error = Some(e);
+        lab.points.push(p);
+    }
+    Ok(())
+}
+
+fn collect_fib_rows(report: &Value, into: &mut BTreeMap<String, Vec<BTreeMap<String, f64>>>) {
+    for row in report["rows"].as_array().into_iter().flatten() {
+        let Some(mode) = row["mode"].as_str() else {
+            continue;
+        };
+        let mut m = BTreeMap::new();
+        for key in ["wall_secs", "cpu_secs", "speedup"] {
+            if let Some(x) = row[key].as_f64() {
+                m.insert(key.to_string(), x);
+            }
+        }
+        m.insert(
+            "verified".into(),
+            if row["verified"] == true { 1.0 } else { 0.0 },
+        );
+        into.entry(mode.to_string()).or_default().push(m);
+    }
+}
+
+// ---------------------------------------------------------------- 2. echo
+
+/// The echo matrix: every server x connection count (64 B), plus 4 KiB at 100.
+pub fn echo(lab: &mut Lab) -> Result<()> {
+    let mut cases: Vec<(u32, u32)> = lab.plan.echo_conns.iter().map(|&c| (c, 64)).collect();
+    cases.push((lab.plan.big_conns, 4096));
+    for spec in servers(&lab.plan, lab.python.is_some(), |_| true) {
+        if runner::interrupted() {
+            return Ok(());
+        }
+        lab.step(&format!("echo: starting {}", spec.name));
+        let server = match spec.start(lab, "echo", &[], "echo") {
+            Ok(s) => s,
+            Err(e) => {
+                lab.unavailable("echo", &spec.name, &e);
+                lab.skip_steps(cases.len() * lab.plan.repeat);
+                continue;
+            }
+        };
+        for &(conns, size) in &cases {
+            let case = format!("conns={conns} size={size}");
+            let mut p = Point::new("echo", &spec.name, &case);
+            p.params.insert("conns".into(), conns.into());
+            p.params.insert("size".into(), size.into());
+            p.params.insert(
+                "duration_ms".into(),
+                (lab.plan.duration.as_millis() as u64).into(),
+            );
+            let mut runs = Vec::new();
+            for _ in 0..lab.plan.repeat {
+                if runner::interrupted() {
+                    break;
+                }
+                lab.step(&format!("echo: {} {case}", spec.name));
+                let args = [
+                    "--conns".to_string(),
+                    conns.to_string(),
+                    "--size".into(),
+                    size.to_string(),
+                ];
+                match load_run(lab, &server, "echo", &args) {
+                    Ok(m) => runs.push(m),
+                    Err(e) => p.error = Some(format!("{e:#}")),
+                }
+            }
+            p.set_runs(&runs);
+            lab.points.push(p);
+        }
+        lab.stop(server, "echo");
+    }
+    Ok(())
+}
+
+/// One `concur load` run against `server`, with the server sampled around it.
+fn load_run(
+    lab: &Lab,
+    server: &Server,
+    service: &str,
+    extra: &[String],
+) -> Result<BTreeMap<String, f64>> {
+    let pid = server.pid();
+    let before = crate::sys::tree_stat(pid).context("the server died")?;
+    let mut cmd = Command::new(&lab.exe);
+    cmd.args([
+        "load",
+        "--addr",
+        &server.addr,
+        "--service",
+        service,
+        "--json",
+    ])
+    .args([
+        "--duration",
+        &secs(lab.plan.duration),
+        "--timeout",
+        &secs(lab.plan.timeout),
+    ])
+    .args(extra);
+    let mut peak = before;
+    let half = lab.plan.duration / 2;
+    let mut sampled = false;
+    let limit = lab.plan.duration + lab.plan.timeout + Duration::from_secs(20);
+    let report = runner::run_json(cmd, lab.pins.map(|(_, c)| c), limit, |t| {
+        if !sampled && t >= half {
+            if let Some(s) = crate::sys::tree_stat(pid) {
+                peak = s;
+            }
+            sampled = true;
+        }
+    })?;
+    let after = crate::sys::tree_stat(pid).context("the server died during the run")?;
+    let mut m = BTreeMap::new();
+    let ok = num(&report, &["requests_ok"]).unwrap_or(0.0);
+    let errors = num(&report, &["errors_total"]).unwrap_or(0.0);
+    m.insert("requests_ok".into(), ok);
+    m.insert("errors".into(), errors);
+    m.insert("sent".into(), ok + errors);
+    for (name, path) in [
+        ("req_per_s", &["req_per_s"][..]),
+        ("mb_per_s", &["mb_per_s"]),
+        ("p50_us", &["latency_us", "p50"]),
+        ("p99_us", &["latency_us", "p99"]),
+        ("p999_us", &["latency_us", "p999"]),
+        ("heavy_ok", &["heavy", "requests_ok"]),
+        ("heavy_p99_us", &["heavy", "latency_us", "p99"]),
+    ] {
+        if let Some(x) = num(&report, path) {
+            m.insert(name.into(), x);
+        }
+    }
+    let cpu = after.cpu.since(&before.cpu).total().as_secs_f64();
+    m.insert("server_cpu_secs".into(), cpu);
+    if ok > 0.0 {
+        m.insert("server_cpu_us_per_req".into(), cpu * 1e6 / ok);
+        let switches = after
+            .context_switches
+            .saturating_sub(before.context_switches) as f64;
+        m.insert("ctx_switches_per_req".into(), switches / ok);
+    }
+    m.insert("server_rss_mb".into(), peak.rss_bytes as f64 / 1048576.0);
+    m.insert("server_threads".into(), peak.threads as f64);
+    m.insert("server_children".into(), peak.children as f64);
+    Ok(m)
+}
+
+// ---------------------------------------------------------------- 3. scaling
+
+/// The rungs a server climbs: process-per-client and one-at-a-time servers stop at
+/// 10k (50k forked processes would not fit in this machine's memory).
+fn rungs(plan: &Plan, server: &str) -> Vec<u32> {
+    let small_only = ["blocking", "python-blocking"];
+    let no_top = [
+        "processes",
+        "prefork",
+        "threadpool",
+        "python-processes",
+        "python-threads",
+    ];
+    plan.hold_conns
+        .iter()
+        .copied()
+        .filter(|&n| {
+            if small_only.contains(&server) {
+                n <= plan.hold_conns[0]
+            } else if no_top.contains(&server) {
+                n <= 10_000
+            } else {
+                true
+            }
+        })
+        .collect()
+}
+
+/// `concur hold` at each rung, on a fresh server, until the first failure.
+pub fn scaling(lab: &mut Lab) -> Result<()> {
+    for spec in servers(&lab.plan, lab.python.is_some(), |_| true) {
+        let ladder = rungs(&lab.plan, &spec.name);
+        let mut failed = false;
+        for (i, &n) in ladder.iter().enumerate() {
+            if runner::interrupted() {
+                return Ok(());
+            }
+            if failed {
+                lab.skip_steps(1);
+                continue;
+            }
+            lab.step(&format!("scaling: {} holding {n} connections", spec.name));
+            let extra: Vec<String> = if spec.is_python() {
+                vec![]
+            } else {
+                vec!["--max-conns".into(), (n + 1000).to_string()]
+            };
+            let server = match spec.start(lab, "echo", &extra, &format!("hold{n}")) {
+                Ok(s) => s,
+                Err(e) => {
+                    lab.unavailable("scaling", &spec.name, &e);
+                    lab.skip_steps(ladder.len() - i - 1);
+                    break;
+                }
+            };
+            let mut p = Point::new("scaling", &spec.name, &format!("conns={n}"));
+            p.params.insert("conns".into(), n.into());
+            match hold_run(lab, &server, n) {
+                Ok((m, complete, why)) => {
+                    p.set_runs(&[m]);
+                    if !complete {
+                        let log = runner::last_line(&server.log)
+                            .map(|l| format!("; server said: {l}"))
+                            .unwrap_or_default();
+                        p.error = Some(format!("{why}{log}"));
+                        failed = true;
+                    }
+                }
+                Err(e) => {
+                    p.error = Some(format!("{e:#}"));
+                    failed = true;
+                }
+            }
+            lab.points.push(p);
+            lab.stop(server, "scaling");
+        }
+    }
+    Ok(())
+}
+
+/// One hold; returns the metrics, whether every connection opened and answered, and why not.
+fn hold_run(lab: &Lab, server: &Server, n: u32) -> Result<(BTreeMap<String, f64>, bool, String)> {
+    let pid = server.pid();
+    let before = crate::sys::tree_stat(pid).context("the server died")?;
+    let mut cmd = Command::new(&lab.exe);
+    cmd.args([
+        "hold",
+        "--addr",
+        &server.addr,
+        "--service",
+        "echo",
+        "--json",
+    ])
+    .args([
+        "--conns",
+        &n.to_string(),
+        "--duration",
+        &secs(lab.plan.hold_duration),
+    ])
+    .args(["--pid", &pid.to_string()]);
+    let mut peak = before;
+    let mut next_sample = Duration::ZERO;
+    let limit = lab.plan.hold_duration + Duration::from_secs(120);
+    let report = runner::run_json(cmd, lab.pins.map(|(_, c)| c), limit, |t| {
+        if t >= next_sample {
+            if let Some(s) = crate::sys::tree_stat(pid) {
+                if s.rss_bytes > peak.rss_bytes {
+                    peak.rss_bytes = s.rss_bytes;
+                }
+                peak.threads = peak.threads.max(s.threads);
+                peak.children = peak.children.max(s.children);
+            }
+            next_sample = t + Duration::from_millis(500);
+        }
+    })?;
+    let opened = num(&report, &["opened"]).unwrap_or(0.0);
+    let answered = num(&report, &["answered_ok"]).unwrap_or(0.0);
+    let failed = num(&report, &["failed"]).unwrap_or(0.0);
+    let mut m = BTreeMap::from([
+        ("opened".to_string(), opened),
+        ("answered_ok".to_string(), answered),
+        ("failed".to_string(), failed),
+        (
+            "server_rss_mb".to_string(),
+            peak.rss_bytes as f64 / 1048576.0,
+        ),
+        ("server_threads".to_string(), peak.threads as f64),
+        ("server_children".to_string(), peak.children as f64),
+    ]);
+    for (name, path) in [
+        ("open_secs", &["open_secs"][..]),
+        ("rtt_p50_us", &["rtt_us", "p50"]),
+        ("rtt_p99_us", &["rtt_us", "p99"]),
+    ] {
+        if let Some(x) = num(&report, path) {
+            m.insert(name.into(), x);
+        }
+    }
+    if opened > 0.0 {
+        let grown = peak.rss_bytes.saturating_sub(before.rss_bytes) as f64;
+        m.insert("rss_kb_per_conn".into(), grown / 1024.0 / opened);
+    }
+    let complete = opened as u32 == n && answered as u32 == n;
+    let why = if complete {
+        String::new()
+    } else {
+        let detail = report
+            .get("errors")
+            .filter(|e| !e.is_null())
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        format!("opened {opened} and answered {answered} of {n}{detail}")
+    };
+    Ok((m, complete, why))
+}
+
+// ---------------------------------------------------------------- 4. fibload
+
+/// A fib server with fib(1) clients, without and with one client asking fib(K) in a loop.
+pub fn fibload(lab: &mut Lab) -> Result<()> {
+    let mut configs: Vec<(ServerSpec, bool)> = Vec::new();
+    for spec in servers(&lab.plan, lab.python.is_some(), |s| {
+        EVENT_LOOPS.contains(&s) || s == "threads" || s == "python-asyncio" || s == "python-threads"
+    }) {
+        if EVENT_LOOPS.contains(&spec.name.as_str()) {
+            configs.push((spec.clone(), true));
+        }
+        configs.push((spec, false));
+    }
+    configs.sort_by_key(|(s, offload)| (s.is_python(), s.name.clone(), *offload));
+    for (spec, offload) in configs {
+        if runner::interrupted() {
+            return Ok(());
+        }
+        let heavy = if spec.is_python() {
+            lab.plan.heavy_python
+        } else {
+            lab.plan.heavy
+        };
+        let mut extra = vec!["--max-n".to_string(), heavy.to_string()];
+        if offload {
+            extra.push("--offload".into());
+        }
+        let label = if offload { "offload" } else { "inline" };
+        lab.step(&format!("fibload: starting {} ({label})", spec.name));
+        let server = match spec.start(lab, "fib", &extra, label) {
+            Ok(s) => s,
+            Err(e) => {
+                let mut p = Point::new("fibload", &spec.name, &format!("{label} unloaded"));
+                p.error = Some(format!("not available: {e:#}"));
+                lab.points.push(p);
+                lab.skip_steps(2 * lab.plan.repeat);
+                continue;
+            }
+        };
+        for loaded in [false, true] {
+            let case = format!("{label} {}", if loaded { "loaded" } else { "unloaded" });
+            let mut p = Point::new("fibload", &spec.name, &case);
+            p.params.insert("offload".into(), offload.into());
+            p.params.insert("heavy_n".into(), heavy.into());
+            let mut args = vec!["--n".to_string(), "1".into(), "--conns".into(), "4".into()];
+            if loaded {
+                args = vec!["--n".into(), "1".into(), "--conns".into(), "5".into()];
+                args.extend(["--mix".to_string(), format!("heavy={heavy}")]);
+            }
+            let mut runs = Vec::new();
+            for _ in 0..lab.plan.repeat {
+                if runner::interrupted() {
+                    break;
+                }
+                lab.step(&format!("fibload: {} {case}", spec.name));
+                match load_run(lab, &server, "fib", &args) {
+                    Ok(m) => runs.push(m),
+                    Err(e) => p.error = Some(format!("{e:#}")),
+                }
+            }
+            p.set_runs(&runs);
+            lab.points.push(p);
+        }
+        lab.stop(server, "fibload");
+    }
+    Ok(())
+}
+
+/// How many progress steps the plan takes (for the progress bar).
+pub fn planned_steps(plan: &Plan, python: bool) -> usize {
+    let all = servers(plan, python, |_| true);
+    let cpu = plan.repeat * if python { 2 } else { 1 };
+    let echo_cases = plan.echo_conns.len() + 1;
+    let echo: usize = all.len() * (1 + echo_cases * plan.repeat);
+    let scaling: usize = all.iter().map(|s| rungs(plan, &s.name).len()).sum();
+    let fib_servers = servers(plan, python, |s| {
+        EVENT_LOOPS.contains(&s) || s == "threads" || s == "python-asyncio" || s == "python-threads"
+    });
+    let fib_configs: usize = fib_servers
+        .iter()
+        .map(|s| {
+            if EVENT_LOOPS.contains(&s.name.as_str()) {
+                2
+            } else {
+                1
+            }
+        })
+        .sum();
+    let fibload = fib_configs * (1 + 2 * plan.repeat);
+    cpu + echo + scaling + fibload
+}

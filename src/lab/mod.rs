@@ -1,0 +1,325 @@
+//! `concur lab`: the whole talk run as experiments on this machine, written up as a
+//! report that answers each of the talk's questions with numbers.
+//!
+//! The lab starts every server as a separate process pinned to core 0 and drives it
+//! with `concur load` / `concur hold` pinned to core 1, reads the server's CPU time,
+//! memory, threads and context switches from /proc around each run, repeats each
+//! point (median shown, spread kept), and writes `report.html` (charts and tables,
+//! self-contained), `summary.md` and `results.json` into `--out`. Ctrl-C stops the run
+//! and still writes what was measured; every server it started is gone when it exits.
+
+pub mod chart;
+pub mod experiments;
+pub mod report;
+pub mod runner;
+pub mod stats;
+
+use crate::error::bad_input;
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use report::{Machine, Results};
+use stats::Point;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `concur lab` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabArgs {
+    /// A small matrix that finishes in under a minute (what CI runs)
+    #[arg(long)]
+    pub quick: bool,
+    /// Where to write report.html, summary.md and results.json
+    #[arg(long, default_value = "lab-report")]
+    pub out: PathBuf,
+    /// Repeats per point; the median is shown [default: 3, or 1 with --quick]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub repeat: Option<u32>,
+    /// The largest connection count the scaling experiment tries
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
+    pub conns_max: u32,
+    /// Comma-separated models to run [default: every model concur serve has]
+    #[arg(long, value_delimiter = ',')]
+    pub models: Option<Vec<String>>,
+    /// Comma-separated experiments to run: cpu, echo, scaling, fibload [default: all]
+    #[arg(long, value_delimiter = ',')]
+    pub experiments: Option<Vec<String>>,
+    /// Leave out the Python references even when python3 is found
+    #[arg(long)]
+    pub no_python: bool,
+    /// Print what changed from OLD (a results.json) to the run in --out, point by point, and exit
+    #[arg(long, value_name = "OLD")]
+    pub compare: Option<PathBuf>,
+}
+
+/// What a run measures, resolved from the options.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Plan {
+    pub quick: bool,
+    pub repeat: usize,
+    pub duration: Duration,
+    pub timeout: Duration,
+    pub models: Vec<String>,
+    pub experiments: Vec<String>,
+    pub echo_conns: Vec<u32>,
+    pub big_conns: u32,
+    pub hold_conns: Vec<u32>,
+    pub hold_duration: Duration,
+    pub fib_rust_n: Vec<u32>,
+    pub fib_python_n: Vec<u32>,
+    pub heavy: u32,
+    pub heavy_python: u32,
+}
+
+impl Plan {
+    pub fn from_args(args: &LabArgs) -> Result<Plan> {
+        let models = match &args.models {
+            Some(list) => {
+                for m in list {
+                    if !experiments::RUST_MODELS.contains(&m.as_str()) {
+                        return Err(bad_input(format!(
+                            "unknown model '{m}'; models are {}",
+                            experiments::RUST_MODELS.join(", ")
+                        )));
+                    }
+                }
+                list.clone()
+            }
+            None => experiments::RUST_MODELS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        let experiments = match &args.experiments {
+            Some(list) => {
+                for e in list {
+                    if !report::EXPERIMENTS.contains(&e.as_str()) {
+                        return Err(bad_input(format!(
+                            "unknown experiment '{e}'; experiments are {}",
+                            report::EXPERIMENTS.join(", ")
+                        )));
+                    }
+                }
+                list.clone()
+            }
+            None => report::EXPERIMENTS.iter().map(|s| s.to_string()).collect(),
+        };
+        let quick = args.quick;
+        let mut hold_conns: Vec<u32> = if quick {
+            vec![200]
+        } else {
+            vec![1000, 10_000, args.conns_max]
+        };
+        hold_conns.retain(|&n| n <= args.conns_max);
+        if hold_conns.is_empty() {
+            hold_conns.push(args.conns_max);
+        }
+        hold_conns.sort_unstable();
+        hold_conns.dedup();
+        Ok(Plan {
+            quick,
+            repeat: args
+                .repeat
+                .map_or(if quick { 1 } else { 3 }, |r| r as usize),
+            duration: Duration::from_millis(if quick { 250 } else { 1000 }),
+            timeout: Duration::from_millis(if quick { 1000 } else { 2000 }),
+            models,
+            experiments,
+            echo_conns: if quick {
+                vec![10]
+            } else {
+                vec![1, 10, 100, 1000]
+            },
+            big_conns: if quick { 10 } else { 100 },
+            hold_conns,
+            hold_duration: Duration::from_millis(if quick { 300 } else { 1000 }),
+            fib_rust_n: vec![if quick { 36 } else { 40 }; 4],
+            fib_python_n: vec![if quick { 27 } else { 30 }; 4],
+            heavy: if quick { 30 } else { 36 },
+            heavy_python: if quick { 22 } else { 27 },
+        })
+    }
+}
+
+/// A lab run in progress.
+pub struct Lab {
+    pub exe: PathBuf,
+    pub python: Option<PathBuf>,
+    pub peers_dir: PathBuf,
+    pub logs: PathBuf,
+    pub plan: Plan,
+    pub pins: Option<(usize, usize)>,
+    pub points: Vec<Point>,
+    pub notes: Vec<String>,
+    progress: ProgressBar,
+}
+
+impl Lab {
+    /// Advance the progress bar and name what runs now.
+    pub fn step(&self, what: &str) {
+        self.progress.set_message(what.to_string());
+        self.progress.inc(1);
+    }
+
+    pub fn skip_steps(&self, n: usize) {
+        self.progress.inc(n as u64);
+    }
+
+    /// Record that a server could not be started for an experiment.
+    pub fn unavailable(&mut self, experiment: &str, server: &str, err: &anyhow::Error) {
+        let mut p = Point::new(experiment, server, "start");
+        p.error = Some(format!("not available: {err:#}"));
+        self.points.push(p);
+    }
+
+    /// Stop a server; one that does not exit cleanly on SIGTERM is noted in the report.
+    pub fn stop(&mut self, server: runner::Server, experiment: &str) {
+        if let Err(e) = server.stop() {
+            self.notes.push(format!("{experiment}: {e:#}"));
+        }
+    }
+}
+
+/// Find python3 and its version, unless told not to.
+fn find_python(no_python: bool) -> Option<(PathBuf, String)> {
+    if no_python {
+        return None;
+    }
+    let out = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let version = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches("Python ")
+        .to_string();
+    Some((PathBuf::from("python3"), version))
+}
+
+/// The talk's Python servers: beside the binary's source tree, or under the current directory.
+fn peers_dir() -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/python");
+    if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("peers/python")
+    }
+}
+
+/// Run `concur lab`; returns the process exit code.
+pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
+    if let Some(old) = &args.compare {
+        let old = load_results(old)?;
+        let new = load_results(&args.out.join("results.json"))?;
+        print!("{}", report::compare(&old, &new));
+        return Ok(0);
+    }
+    let plan = Plan::from_args(args)?;
+    std::fs::create_dir_all(args.out.join("logs"))
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    runner::catch_interrupts();
+    // Servers and clients inherit the raised limit: the scaling experiment needs it.
+    let fd_limit = crate::sys::raise_fd_limit().unwrap_or(0);
+    let python = find_python(args.no_python);
+    let peers = peers_dir();
+    let python_ok = python.is_some() && peers.join("common.py").is_file();
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let total = experiments::planned_steps(&plan, python_ok) as u64;
+    let progress = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    progress.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut lab = Lab {
+        exe: exe.to_path_buf(),
+        python: if python_ok {
+            python.as_ref().map(|p| p.0.clone())
+        } else {
+            None
+        },
+        peers_dir: peers,
+        logs: args.out.join("logs"),
+        plan: plan.clone(),
+        pins: runner::pinning(),
+        points: Vec::new(),
+        notes: Vec::new(),
+        progress,
+    };
+    if fd_limit > 0 && (fd_limit as u64) < u64::from(args.conns_max) + 1000 {
+        lab.notes.push(format!(
+            "the descriptor limit is {fd_limit}: holding {} connections may fail for that reason alone",
+            args.conns_max
+        ));
+    }
+    for exp in &plan.experiments {
+        if runner::interrupted() {
+            break;
+        }
+        let outcome = match exp.as_str() {
+            "cpu" => experiments::cpu(&mut lab),
+            "echo" => experiments::echo(&mut lab),
+            "scaling" => experiments::scaling(&mut lab),
+            "fibload" => experiments::fibload(&mut lab),
+            _ => Ok(()),
+        };
+        if let Err(e) = outcome {
+            lab.notes.push(format!("{exp}: {e:#}"));
+        }
+    }
+    lab.progress.finish_and_clear();
+    let mut results = Results {
+        concur_version: env!("CARGO_PKG_VERSION").to_string(),
+        started_unix,
+        machine: Machine::read(python.map(|p| p.1)),
+        params: serde_json::to_value(&plan)?,
+        pinned: lab.pins.is_some(),
+        interrupted: runner::interrupted(),
+        points: lab.points,
+        answers: Default::default(),
+        notes: lab.notes,
+    };
+    let views = report::views(&results);
+    results.answers = views
+        .iter()
+        .map(|v| (v.id.to_string(), v.answer.clone()))
+        .collect();
+    write(
+        &args.out,
+        "results.json",
+        &serde_json::to_string_pretty(&results)?,
+    )?;
+    write(&args.out, "summary.md", &report::markdown(&results, &views))?;
+    write(&args.out, "report.html", &report::html(&results, &views))?;
+    for v in &views {
+        if plan.experiments.iter().any(|e| e == v.id) {
+            println!("{}\n  {}\n", v.title, v.answer);
+        }
+    }
+    println!("wrote {}", args.out.join("report.html").display());
+    Ok(if results.interrupted { 130 } else { 0 })
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let path = dir.join(name);
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn load_results(path: &Path) -> Result<Results> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad_input(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| {
+        bad_input(format!(
+            "{} is not a concur lab results.json: {e}",
+            path.display()
+        ))
+    })
+}
