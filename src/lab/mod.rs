@@ -220,6 +220,8 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
     std::fs::create_dir_all(args.out.join("logs"))
         .with_context(|| format!("creating {}", args.out.display()))?;
     runner::catch_interrupts();
+    let out_abs = std::fs::canonicalize(&args.out).unwrap_or_else(|_| args.out.clone());
+    runner::set_run_mark(&out_abs.to_string_lossy());
     // Servers and clients inherit the raised limit: the scaling experiment needs it.
     let fd_limit = crate::sys::raise_fd_limit().unwrap_or(0);
     let python = find_python(args.no_python);

@@ -39,9 +39,23 @@ pub fn pinning() -> Option<(usize, usize)> {
     (crate::sys::cores() >= 2).then_some((0, 1))
 }
 
+/// The environment variable that marks every process a lab run starts (its value is
+/// the run's output directory), so a test can prove none is left behind.
+pub const RUN_MARK: &str = "CONCUR_LAB_RUN";
+
+static MARK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Mark the processes of this run with `value` (the output directory).
+pub fn set_run_mark(value: &str) {
+    let _ = MARK.set(value.to_string());
+}
+
 /// Put the child in its own process group and pin it to `core` before it runs.
 fn prepare(cmd: &mut Command, core: Option<usize>) {
     cmd.process_group(0);
+    if let Some(mark) = MARK.get() {
+        cmd.env(RUN_MARK, mark);
+    }
     if let Some(core) = core {
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
