@@ -42,6 +42,8 @@ pub fn bars(
         let _ = chart
             .configure_mesh()
             .disable_x_mesh()
+            .light_line_style(TRANSPARENT)
+            .y_labels(8)
             .x_labels(n * 2 + 1)
             .x_label_formatter(&|x| {
                 let i = x.floor() as usize;
@@ -121,6 +123,7 @@ pub fn lines(
                 let mut chart = $chart;
                 let _ = chart
                     .configure_mesh()
+                    .light_line_style(TRANSPARENT)
                     .x_desc(x_label)
                     .y_desc(y_label)
                     .y_label_formatter(&|y| human(*y))

@@ -56,13 +56,16 @@ pub struct LabArgs {
 pub struct Plan {
     pub quick: bool,
     pub repeat: usize,
+    #[serde(serialize_with = "as_millis")]
     pub duration: Duration,
+    #[serde(serialize_with = "as_millis")]
     pub timeout: Duration,
     pub models: Vec<String>,
     pub experiments: Vec<String>,
     pub echo_conns: Vec<u32>,
     pub big_conns: u32,
     pub hold_conns: Vec<u32>,
+    #[serde(serialize_with = "as_millis")]
     pub hold_duration: Duration,
     pub fib_rust_n: Vec<u32>,
     pub fib_python_n: Vec<u32>,
@@ -138,6 +141,10 @@ impl Plan {
             heavy_python: if quick { 22 } else { 27 },
         })
     }
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
 }
 
 /// A lab run in progress.

@@ -269,10 +269,11 @@ fn echo_view(points: &[Point]) -> View {
         .collect();
     conns.sort_unstable();
     conns.dedup();
-    let big = ps
+    let big_point = ps
         .iter()
-        .find(|p| p.params.get("size").and_then(|s| s.as_u64()) == Some(4096))
-        .map(|p| p.case.clone());
+        .find(|p| p.params.get("size").and_then(|s| s.as_u64()) == Some(4096));
+    let big = big_point.map(|p| p.case.clone());
+    let big_conns = big_point.and_then(|p| conns_of(p)).unwrap_or(100.0);
     let mid = if conns.contains(&100) {
         100
     } else {
@@ -281,9 +282,9 @@ fn echo_view(points: &[Point]) -> View {
     let mid_case = format!("conns={mid} size=64");
     let mut columns: Vec<String> = vec!["server".into()];
     columns.extend(conns.iter().map(|c| format!("req/s @{c}")));
+    columns.push(format!("req/s 4KiB @{big_conns}"));
     columns.extend(
         [
-            "req/s 4KiB @100",
             "p50 µs",
             "p99 µs",
             "CPU µs/req",
@@ -294,6 +295,10 @@ fn echo_view(points: &[Point]) -> View {
         ]
         .map(|s| s.to_string()),
     );
+    // The per-request columns describe the middle connection count.
+    for c in columns.iter_mut().skip(conns.len() + 2).take(6) {
+        c.push_str(&format!(" @{mid}"));
+    }
     let mut rows = Vec::new();
     let mut series = Vec::new();
     for server in servers_in(&ps) {
