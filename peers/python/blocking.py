@@ -14,11 +14,14 @@ def echo_server(args):
 def echo_handler(client, addr, args):
     proto = Protocol(args)
     with client:
-        while True:
-            data = client.recv(10000)
-            if not data:
-                break
-            client.sendall(proto.feed(data))
+        try:
+            while True:
+                data = client.recv(10000)
+                if not data:
+                    break
+                client.sendall(proto.feed(data))
+        except (ConnectionError, ValueError):
+            pass  # a reset peer or a request too long ends this client only
 
 
 if __name__ == "__main__":

@@ -327,12 +327,16 @@ fn echo_view(points: &[Point]) -> View {
             cell(g("server_threads")),
             g("ctx_switches_per_req").map_or("-".into(), |x| format!("{x:.2}")),
         ]);
-        let errors: f64 = ps
+        let errors: Vec<f64> = ps
             .iter()
             .filter(|p| p.server == server)
             .filter_map(|p| p.get("errors"))
-            .sum();
-        row.push(human(errors));
+            .collect();
+        row.push(if errors.is_empty() {
+            "-".into()
+        } else {
+            human(errors.iter().sum())
+        });
         rows.push(row);
         if !line.is_empty() {
             series.push(Series {
