@@ -3,6 +3,8 @@
 //! - [`protocol`]: the echo and fib services as sans-I/O state machines.
 //! - [`fib`]: the CPU-bound kernel and `concur fib`.
 //! - [`sys`]: CPU time, /proc readings, pinning, descriptor limits.
+//! - [`serve`]: `concur serve`, its options and the pieces every server model shares.
+//! - [`models`]: the talk's servers, one file each.
 //! - [`error`]: errors a user can act on, and their exit codes.
 //!
 //! `src/main.rs` only parses the command line and calls into these modules.
@@ -10,5 +12,7 @@
 pub mod error;
 pub mod fib;
 pub mod logging;
+pub mod models;
 pub mod protocol;
+pub mod serve;
 pub mod sys;

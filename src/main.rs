@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Which is faster for CPU-bound work: threads or processes? Measures fib(n) five ways
     Fib(concur::fib::command::FibArgs),
+    /// The talk's echo and fib servers, one concurrency model at a time
+    Serve(concur::serve::ServeArgs),
     /// Internal: compute one fib(n) and print it (the `processes` mode's child)
     #[command(hide = true)]
     FibWorker { n: u32 },
@@ -61,6 +63,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::Serve(args) => concur::serve::run(&args).map(|()| 0),
         Command::FibWorker { n } => fib::worker_main(n).map(|()| 0),
     }
 }
