@@ -201,15 +201,17 @@ impl<'a> Acceptor<'a> {
             }
             match try_accept(self.listener, &self.gate) {
                 Accepted::Client(c) => return Next::Client(c),
-                Accepted::Nothing { .. } => continue,
+                Accepted::Nothing { .. } => {}
                 Accepted::Backoff(d) => {
                     if self.shutdown.wait(Some(d)) {
                         return Next::Shutdown;
                     }
-                    if self.tick.is_some() {
-                        return Next::Tick;
-                    }
                 }
+            }
+            // With a tick, the caller gets a turn after every attempt, so a stream of
+            // refused clients cannot keep it from its periodic work.
+            if self.tick.is_some() {
+                return Next::Tick;
             }
         }
     }
