@@ -232,7 +232,7 @@ fn no_leaks_after_clients_leave() {
     });
 }
 
-/// SIGTERM under load: exit 0 within the grace period, and every reply a client got
+/// SIGTERM (or SIGINT) under load: exit 0 within the grace period, and every reply a client got
 /// is complete and correct.
 #[test]
 fn sigterm_under_load_finishes_replies_and_exits_zero() {
@@ -247,7 +247,13 @@ fn sigterm_under_load_finishes_replies_and_exits_zero() {
                 })
                 .collect();
             std::thread::sleep(Duration::from_millis(400));
-            server.signal(libc::SIGTERM);
+            // Ctrl-C and `kill` must behave the same: alternate them across models.
+            let sig = if MODELS.iter().position(|m| *m == model).unwrap() % 2 == 0 {
+                libc::SIGTERM
+            } else {
+                libc::SIGINT
+            };
+            server.signal(sig);
             let status = server
                 .wait_exit(Duration::from_secs(15))
                 .unwrap_or_else(|| panic!("{model}: still running 15 s after SIGTERM"));
@@ -436,4 +442,56 @@ fn bad_invocations_exit_2_with_one_line() {
     let help = concur(&["serve", "--help"]);
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("0.0.0.0:25000"), "{help}");
+}
+
+/// select(2) cannot watch descriptors >= FD_SETSIZE: such clients are refused (closed
+/// at once, logged), never passed to FD_SET, and everyone else is unaffected.
+#[test]
+fn select_refuses_descriptors_past_fd_setsize() {
+    let _ = concur::sys::raise_fd_limit();
+    let server = Server::start("select", "fib", &[]);
+    let mut first = server.connect();
+    first.write_all(b"9\n").unwrap();
+    assert_eq!(read_n(&mut first, 3), b"34\n");
+    let mut many: Vec<_> = (0..1100).map(|_| server.connect()).collect();
+    let mut refused = 0;
+    for s in many.iter_mut().rev().take(50) {
+        let _ = s.write_all(b"9\n");
+        let mut buf = [0u8; 3];
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => refused += 1,
+            Ok(_) => {}
+        }
+    }
+    assert!(refused > 0, "clients past FD_SETSIZE were served");
+    first.write_all(b"10\n").unwrap();
+    assert_eq!(read_n(&mut first, 3), b"55\n");
+    drop(many);
+    fib_client(&server, 7, 5, true);
+}
+
+/// The talk's per-connection lines go to stderr, and only with -v.
+#[test]
+fn connection_lines_only_with_verbose() {
+    for verbose in [false, true] {
+        let dir =
+            std::env::temp_dir().join(format!("concur-serve-log-{}-{verbose}", std::process::id()));
+        let log = std::fs::File::create(&dir).unwrap();
+        let extra: &[&str] = if verbose { &["-v"] } else { &[] };
+        let mut server = Server::start_with("threads", "echo", extra, |cmd| {
+            cmd.stderr(log);
+        });
+        echo_client(&server, 8, 100, true);
+        server.signal(libc::SIGTERM);
+        let status = server.wait_exit(Duration::from_secs(15)).expect("exit");
+        assert_eq!(status.code(), Some(0));
+        let text = std::fs::read_to_string(&dir).unwrap();
+        let _ = std::fs::remove_file(&dir);
+        assert_eq!(
+            text.contains("Connection from 127.0.0.1:"),
+            verbose,
+            "{text}"
+        );
+        assert_eq!(text.contains(" closed"), verbose, "{text}");
+    }
 }

@@ -35,7 +35,7 @@ use nix::sys::time::TimeVal;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// Clients taken per turn, so a flood of connections cannot starve the others.
@@ -64,7 +64,14 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
             .chain(accept_paused_until)
             .chain(stopping_at)
             .min();
-        let (readable, writable) = wait(&listener, accepting, &shutdown, &clients, wake)?;
+        let mut watch = Vec::new();
+        if stopping_at.is_none() {
+            watch.push(shutdown.fd());
+        }
+        if accepting {
+            watch.push(listener.as_fd());
+        }
+        let (readable, writable) = wait(&watch, &clients, wake)?;
         let now = Instant::now();
 
         if is_in(&readable, shutdown.raw_fd()) && stopping_at.is_none() {
@@ -109,7 +116,9 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
         let mut gone = Vec::new();
         for (fd, c) in clients.iter_mut() {
             let result = (|| {
+                let mut fresh = false; // replies produced this turn: try to send at once
                 if is_in(&readable, *fd) {
+                    fresh = true;
                     match (&c.stream).read(&mut buf) {
                         Ok(0) => c.conn.received_eof(),
                         Ok(n) => c.conn.received(&buf[..n]),
@@ -118,7 +127,7 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
                         Err(e) => return Err(e),
                     }
                 }
-                if is_in(&writable, *fd) || c.conn.wants_write() {
+                if c.conn.wants_write() && (fresh || is_in(&writable, *fd)) {
                     match (&c.stream).write(c.conn.unsent()) {
                         Ok(n) => c.conn.sent(n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -164,19 +173,17 @@ fn is_in(ready: &[RawFd], fd: RawFd) -> bool {
     ready.binary_search(&fd).is_ok()
 }
 
-/// One select(2) call: returns the readable and the writable descriptors, sorted.
+/// One select(2) call on `watch` (shutdown pipe, listener) and the clients'
+/// descriptors: returns the readable and the writable descriptors, sorted.
 fn wait(
-    listener: &TcpListener,
-    accepting: bool,
-    shutdown: &Shutdown,
+    watch: &[BorrowedFd<'_>],
     clients: &HashMap<RawFd, Client>,
     wake: Option<Instant>,
 ) -> anyhow::Result<(Vec<RawFd>, Vec<RawFd>)> {
     let mut inputs = FdSet::new();
     let mut outputs = FdSet::new();
-    inputs.insert(shutdown.fd());
-    if accepting {
-        inputs.insert(listener.as_fd());
+    for fd in watch {
+        inputs.insert(*fd);
     }
     for c in clients.values() {
         if c.conn.wants_read() {
