@@ -254,13 +254,47 @@ fn sigterm_under_load_finishes_replies_and_exits_zero() {
                 libc::SIGINT
             };
             server.signal(sig);
+            let start = Instant::now();
             let status = server
                 .wait_exit(Duration::from_secs(15))
                 .unwrap_or_else(|| panic!("{model}: still running 15 s after SIGTERM"));
             assert_eq!(status.code(), Some(0), "{model}: exit status");
+            // Grace is 3 s; everyone here reads its replies, so exit is prompt.
+            let took = start.elapsed();
+            assert!(
+                took < Duration::from_secs(10),
+                "{model}: took {took:?} to exit"
+            );
             let replies: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
             assert!(replies > 0, "{model}: no replies at all before SIGTERM");
         });
+    });
+}
+
+/// SIGTERM while a client pushes requests and never reads its replies: the replies
+/// owed cannot all be sent, so the server gives up after the grace period (3 s)
+/// and still exits 0.
+#[test]
+fn sigterm_with_a_stuck_client_exits_after_grace() {
+    for_each_model(|model| {
+        let mut server = Server::start(model, "echo", &[]);
+        let mut s = server.connect();
+        s.set_write_timeout(Some(Duration::from_millis(1000)))
+            .unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut pushed = 0usize;
+        while pushed < 50 << 20 && s.write(&chunk).map(|n| pushed += n).is_ok() {}
+        let start = Instant::now();
+        server.signal(libc::SIGTERM);
+        let status = server
+            .wait_exit(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{model}: still running 20 s after SIGTERM"));
+        assert_eq!(status.code(), Some(0), "{model}: exit status");
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(12),
+            "{model}: took {took:?} to exit"
+        );
     });
 }
 

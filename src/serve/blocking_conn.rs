@@ -13,7 +13,7 @@
 //!   full before the next read. A client that never reads fills its socket buffers,
 //!   write blocks, and the server stops reading from it.
 //! - Idle timeout: poll(2) waits at most `--idle-timeout` for input, and the same
-//!   bound applies to a write stuck on a client that does not read (SO_SNDTIMEO).
+//!   bound applies to a write stuck on a client that does not read ([`send_all`]).
 //! - Shutdown: poll(2) also watches the shutdown pipe. Replies to everything read so
 //!   far have already been sent, so the loop stops reading and closes gracefully.
 //! - Closing: after `ERR request too long` or on shutdown the client may still be
@@ -21,11 +21,14 @@
 //!   can destroy the reply before the client reads it. [`linger_close`] sends FIN
 //!   and discards input briefly first.
 
+use super::shutdown::{poll, poll_readable};
 use super::{ServeConfig, Shutdown, accept::Client, is_routine, log_closed, log_open};
 use crate::protocol::{Flow, Session};
-use std::io::{self, Read, Write};
+use nix::errno::Errno;
+use nix::sys::socket::MsgFlags;
+use std::io::{self, Read};
 use std::net::{Shutdown as Direction, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 /// Bytes taken per read (the talk reads 10000).
@@ -53,13 +56,11 @@ pub fn serve_stream(
     cfg: &ServeConfig,
     shutdown: &Shutdown,
 ) -> io::Result<()> {
-    stream.set_write_timeout(cfg.idle_timeout)?;
     let mut stream_ref = stream;
     let mut buf = vec![0u8; READ_SIZE];
     let mut out = Vec::new();
     loop {
-        let ready =
-            super::shutdown::poll_readable(&[stream.as_fd(), shutdown.fd()], cfg.idle_timeout);
+        let ready = poll_readable(&[stream.as_fd(), shutdown.fd()], cfg.idle_timeout);
         if ready[1] {
             return linger_close(stream, Instant::now() + cfg.grace.min(LINGER));
         }
@@ -75,14 +76,58 @@ pub fn serve_stream(
         out.clear();
         if n == 0 {
             session.eof(&mut out);
-            return stream_ref.write_all(&out);
+            return send_all(stream, &out, cfg, shutdown);
         }
         let flow = session.feed(&buf[..n], &mut out);
-        stream_ref.write_all(&out)?;
+        send_all(stream, &out, cfg, shutdown)?;
         if flow == Flow::Close {
             return linger_close(stream, Instant::now() + LINGER);
         }
     }
+}
+
+/// `sendall`, but never stuck for good: each wait for room in the socket buffer is
+/// bounded by the idle timeout, and once shutdown is requested by the grace period.
+/// (A plain blocking write to a client that never reads would block forever and
+/// keep the server from exiting.)
+pub fn send_all(
+    stream: &TcpStream,
+    mut data: &[u8],
+    cfg: &ServeConfig,
+    shutdown: &Shutdown,
+) -> io::Result<()> {
+    let fd = stream.as_fd();
+    let mut stop_by: Option<Instant> = None;
+    while !data.is_empty() {
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        match nix::sys::socket::send(fd.as_raw_fd(), data, flags) {
+            Ok(n) => {
+                data = &data[n..];
+                continue;
+            }
+            Err(Errno::EAGAIN | Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let left = stop_by.map(|t| t.saturating_duration_since(Instant::now()));
+        let limit = match (cfg.idle_timeout, left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut watch = vec![(fd, libc::POLLOUT)];
+        if stop_by.is_none() {
+            watch.push((shutdown.fd(), libc::POLLIN));
+        }
+        let ready = poll(&watch, limit);
+        if ready.get(1) == Some(&true) {
+            stop_by = Some(Instant::now() + cfg.grace);
+        } else if !ready[0] {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client not reading its replies",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Close gracefully: send FIN after everything written, then read and discard what

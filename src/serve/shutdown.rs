@@ -106,11 +106,19 @@ pub fn child_signals() {
 /// poll(2) the descriptors for readability (or hang-up) for up to `timeout`;
 /// returns which are ready. EINTR counts as "nothing ready yet".
 pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Vec<bool> {
+    let with_events: Vec<_> = fds.iter().map(|fd| (*fd, libc::POLLIN)).collect();
+    poll(&with_events, timeout)
+}
+
+/// poll(2) each descriptor for its events (POLLIN, POLLOUT) for up to `timeout`
+/// (`None`: forever); returns which are ready (errors and hang-ups count as ready,
+/// so the next read or write reports them). EINTR counts as "nothing ready yet".
+pub fn poll(fds: &[(BorrowedFd<'_>, libc::c_short)], timeout: Option<Duration>) -> Vec<bool> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
-        .map(|fd| libc::pollfd {
+        .map(|(fd, events)| libc::pollfd {
             fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
+            events: *events,
             revents: 0,
         })
         .collect();
