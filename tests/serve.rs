@@ -21,15 +21,20 @@ fn matrix_every_model_both_services() {
         for service in ["echo", "fib"] {
             let server = Server::start(model, service, &[]);
             let clients = if one_at_a_time(model) { 1 } else { CLIENTS };
+            // Every client connects before any sends, so all are open at once.
+            let start = std::sync::Barrier::new(clients);
             std::thread::scope(|scope| {
                 for i in 0..clients {
-                    let server = &server;
+                    let (server, start) = (&server, &start);
                     scope.spawn(move || {
+                        let stream = server.try_connect();
+                        start.wait(); // before any panic, so no one waits forever
+                        let stream = stream.expect("connect");
                         let seed = i as u64 * 7919 + service.len() as u64;
                         let half_close = i % 2 == 0;
                         match service {
-                            "fib" => fib_client(server, seed, REQUESTS, half_close),
-                            _ => echo_client(server, seed, 40 * REQUESTS, half_close),
+                            "fib" => fib_exchange(stream, model, seed, REQUESTS, half_close),
+                            _ => echo_exchange(stream, model, seed, 40 * REQUESTS, half_close),
                         }
                     });
                 }
@@ -528,4 +533,16 @@ fn connection_lines_only_with_verbose() {
         );
         assert_eq!(text.contains(" closed"), verbose, "{text}");
     }
+}
+
+/// `--prefix ''` is plain echo: the reply stream is the request stream.
+#[test]
+fn empty_prefix_is_plain_echo() {
+    let server = Server::start("threads", "echo", &["--prefix", ""]);
+    let mut s = server.connect();
+    let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+    let mut rng = fastrand::Rng::with_seed(9);
+    write_split(&mut s, &data, &mut rng);
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(read_to_eof(&mut s) == data);
 }

@@ -242,3 +242,99 @@ pub fn is_routine(err: &std::io::Error) -> bool {
         ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut | WouldBlock | UnexpectedEof
     ) || err.raw_os_error() == Some(libc::ETIMEDOUT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Parser, ValueEnum};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<ServeConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))?;
+        ServeConfig::from_args(&cli.serve)
+    }
+
+    #[test]
+    fn model_names_match_the_command_line() {
+        for model in Model::value_variants() {
+            let spelled = model.to_possible_value().unwrap();
+            assert_eq!(spelled.get_name(), model.name());
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let echo = config(&["--model", "threads", "--service", "echo"]).unwrap();
+        assert_eq!(
+            echo.idle_timeout, None,
+            "echo idles forever, as in the talk"
+        );
+        assert_eq!(echo.max_conns, 10_000);
+        assert_eq!(echo.workers, crate::sys::cores());
+        assert_eq!(
+            echo.service,
+            ServiceSpec::Echo {
+                prefix: b"Received: ".to_vec()
+            }
+        );
+        let fib = config(&["--model", "async", "--service", "fib"]).unwrap();
+        assert_eq!(fib.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(
+            fib.service,
+            ServiceSpec::Fib {
+                max_n: DEFAULT_MAX_N
+            }
+        );
+    }
+
+    #[test]
+    fn idle_timeout_zero_is_off() {
+        let fib = config(&[
+            "--model",
+            "select",
+            "--service",
+            "fib",
+            "--idle-timeout",
+            "0",
+        ]);
+        assert_eq!(fib.unwrap().idle_timeout, None);
+        let echo = config(&[
+            "--model",
+            "select",
+            "--service",
+            "echo",
+            "--idle-timeout",
+            "2.5",
+        ]);
+        assert_eq!(
+            echo.unwrap().idle_timeout,
+            Some(Duration::from_millis(2500))
+        );
+    }
+
+    #[test]
+    fn bad_values_are_bad_input() {
+        for args in [
+            &["--model", "async", "--service", "fib", "--workers", "0"][..],
+            &["--model", "async", "--service", "fib", "--max-conns", "0"],
+            &["--model", "async", "--service", "fib", "--max-n", "99"],
+            &["--model", "async", "--service", "fib", "--idle-timeout=-1"],
+            &[
+                "--model",
+                "async",
+                "--service",
+                "fib",
+                "--idle-timeout",
+                "nan",
+            ],
+        ] {
+            let err = config(args).unwrap_err();
+            assert_eq!(crate::error::exit_code(&err), 2, "{args:?}: {err}");
+        }
+    }
+}

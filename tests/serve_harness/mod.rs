@@ -93,10 +93,15 @@ impl Server {
 
     /// A client socket with timeouts.
     pub fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT).expect("connect");
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        s
+        self.try_connect().expect("connect")
+    }
+
+    /// [`Server::connect`], leaving the error to the caller.
+    pub fn try_connect(&self) -> std::io::Result<TcpStream> {
+        let s = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(s)
     }
 
     /// Send a signal to the server process.
@@ -277,8 +282,12 @@ pub fn check_echo(sent: &[u8], reply: &[u8]) {
 /// One well-behaved fib client: pipelined requests split at random boundaries, every
 /// reply byte checked. `half_close` ends with shutdown(Write) and expects EOF.
 pub fn fib_client(server: &Server, seed: u64, requests: usize, half_close: bool) {
+    fib_exchange(server.connect(), &server.model, seed, requests, half_close);
+}
+
+/// [`fib_client`] on a socket already connected.
+pub fn fib_exchange(mut s: TcpStream, model: &str, seed: u64, requests: usize, half_close: bool) {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut s = server.connect();
     let (req, want) = fib_script(&mut rng, requests, 22);
     write_split(&mut s, &req, &mut rng);
     let got = if half_close {
@@ -290,15 +299,18 @@ pub fn fib_client(server: &Server, seed: u64, requests: usize, half_close: bool)
     assert_eq!(
         String::from_utf8_lossy(&got),
         String::from_utf8_lossy(&want),
-        "{}: fib replies",
-        server.model
+        "{model}: fib replies"
     );
 }
 
 /// One well-behaved echo client (see [`fib_client`]).
 pub fn echo_client(server: &Server, seed: u64, len: usize, half_close: bool) {
+    echo_exchange(server.connect(), &server.model, seed, len, half_close);
+}
+
+/// [`echo_client`] on a socket already connected.
+pub fn echo_exchange(mut s: TcpStream, model: &str, seed: u64, len: usize, half_close: bool) {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut s = server.connect();
     let sent = echo_payload(&mut rng, len);
     write_split(&mut s, &sent, &mut rng);
     let got = if half_close {
@@ -309,7 +321,7 @@ pub fn echo_client(server: &Server, seed: u64, len: usize, half_close: bool) {
         let mut buf = [0u8; 8192];
         while echo_payload_len(&got) < sent.len() {
             let n = s.read(&mut buf).expect("echo read");
-            assert!(n > 0, "{}: EOF before every echo arrived", server.model);
+            assert!(n > 0, "{model}: EOF before every echo arrived");
             got.extend_from_slice(&buf[..n]);
         }
         got
