@@ -29,7 +29,7 @@
 use crate::protocol::Flow;
 use crate::serve::accept::{ConnToken, Gate, after_accept_error};
 use crate::serve::blocking_conn::{LINGER, READ_SIZE};
-use crate::serve::{ServeConfig, Shutdown, is_routine, log_closed, log_open};
+use crate::serve::{ServeConfig, Shutdown, log_closed, log_io_error, log_open};
 use anyhow::Context;
 use std::io;
 use std::net::SocketAddr;
@@ -104,10 +104,8 @@ async fn echo_handler(
 ) {
     log_open(&addr);
     let _ = stream.set_nodelay(true);
-    match serve_conn(&mut stream, &cfg, &mut stop).await {
-        Ok(()) => {}
-        Err(e) if is_routine(&e) => tracing::debug!("{addr}: {e}"),
-        Err(e) => tracing::warn!("{addr}: {e}"),
+    if let Err(e) = serve_conn(&mut stream, &cfg, &mut stop).await {
+        log_io_error(&addr, &e);
     }
     log_closed(&addr);
 }

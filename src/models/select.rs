@@ -29,11 +29,10 @@
 
 use crate::serve::accept::{Accepted, ConnToken, Gate, try_accept};
 use crate::serve::conn::{Conn, READ_SIZE, Step};
-use crate::serve::{ServeConfig, Shutdown, is_routine, log_closed, log_open};
+use crate::serve::{ServeConfig, Shutdown, log_closed, log_io_error, log_open};
 use nix::sys::select::{FD_SETSIZE, FdSet, select};
 use nix::sys::time::TimeVal;
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
 use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -78,7 +77,7 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
             stopping_at = Some(now + cfg.grace);
             clients.values_mut().for_each(|c| c.conn.stop());
         }
-        if is_in(&readable, listener.as_raw_fd()) {
+        if stopping_at.is_none() && is_in(&readable, listener.as_raw_fd()) {
             accept_paused_until = None;
             for _ in 0..ACCEPTS_PER_TURN {
                 match try_accept(&listener, &gate) {
@@ -90,7 +89,10 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
                         );
                     }
                     Accepted::Client(c) => {
-                        c.stream.set_nonblocking(true)?;
+                        if let Err(e) = c.stream.set_nonblocking(true) {
+                            log_io_error(&c.addr, &e);
+                            continue;
+                        }
                         log_open(&c.addr);
                         let conn = Conn::new(cfg.service.session(), cfg.idle_timeout);
                         let fd = c.stream.as_raw_fd();
@@ -115,41 +117,17 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
         // Read, feed the protocol, write; then let each connection say what is next.
         let mut gone = Vec::new();
         for (fd, c) in clients.iter_mut() {
-            let result = (|| {
-                let mut fresh = false; // replies produced this turn: try to send at once
-                if is_in(&readable, *fd) {
-                    fresh = true;
-                    match (&c.stream).read(&mut buf) {
-                        Ok(0) => c.conn.received_eof(),
-                        Ok(n) => c.conn.received(&buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                if c.conn.wants_write() && (fresh || is_in(&writable, *fd)) {
-                    match (&c.stream).write(c.conn.unsent()) {
-                        Ok(n) => c.conn.sent(n),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                match c.conn.step(now) {
-                    Step::Wait => Ok(true),
-                    Step::ShutdownWrite => c.stream.shutdown(Direction::Write).map(|()| true),
-                    Step::Close => Ok(false),
-                }
-            })();
-            match result {
-                Ok(true) => {}
-                Ok(false) => gone.push(*fd),
+            let (r, w) = (is_in(&readable, *fd), is_in(&writable, *fd));
+            let step = c.conn.pump(&c.stream, r, w, &mut buf, now);
+            let step = match step {
+                Ok(Step::ShutdownWrite) => c.stream.shutdown(Direction::Write).map(|()| Step::Wait),
+                other => other,
+            };
+            match step {
+                Ok(Step::Wait | Step::ShutdownWrite) => {}
+                Ok(Step::Close) => gone.push(*fd),
                 Err(e) => {
-                    if is_routine(&e) {
-                        tracing::debug!("{}: {e}", c.addr);
-                    } else {
-                        tracing::warn!("{}: {e}", c.addr);
-                    }
+                    log_io_error(&c.addr, &e);
                     gone.push(*fd);
                 }
             }

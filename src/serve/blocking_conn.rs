@@ -22,7 +22,7 @@
 //!   and discards input briefly first.
 
 use super::shutdown::{poll, poll_readable};
-use super::{ServeConfig, Shutdown, accept::Client, is_routine, log_closed, log_open};
+use super::{ServeConfig, Shutdown, accept::Client, log_closed, log_io_error, log_open};
 use crate::protocol::{Flow, Session};
 use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
@@ -41,10 +41,8 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// resets and broken pipes are routine (logged at debug).
 pub fn serve_client(client: Client, cfg: &ServeConfig, shutdown: &Shutdown) {
     log_open(&client.addr);
-    match serve_stream(&client.stream, cfg.service.session(), cfg, shutdown) {
-        Ok(()) => {}
-        Err(e) if is_routine(&e) => tracing::debug!("{}: {e}", client.addr),
-        Err(e) => tracing::warn!("{}: {e}", client.addr),
+    if let Err(e) = serve_stream(&client.stream, cfg.service.session(), cfg, shutdown) {
+        log_io_error(&client.addr, &e);
     }
     log_closed(&client.addr);
 }

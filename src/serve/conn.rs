@@ -15,6 +15,7 @@
 use super::blocking_conn::LINGER;
 pub use super::blocking_conn::READ_SIZE;
 use crate::protocol::{Flow, Job, Session, Sink};
+use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 /// Unsent reply bytes past which a connection stops being read.
@@ -171,6 +172,41 @@ impl Conn {
         }
     }
 
+    /// One turn of I/O on a non-blocking socket the loop found `readable` and/or
+    /// `writable`: read once and feed the session, write what the socket takes (at
+    /// once if the read produced replies), and say what to do next. WouldBlock and
+    /// EINTR are absorbed; any other error ends the connection.
+    pub fn pump(
+        &mut self,
+        mut socket: impl Read + Write,
+        readable: bool,
+        writable: bool,
+        buf: &mut [u8],
+        now: Instant,
+    ) -> io::Result<Step> {
+        let absorb = |r: io::Result<()>| match r {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            other => other,
+        };
+        if readable && self.wants_read() {
+            absorb(socket.read(buf).map(|n| match n {
+                0 => self.received_eof(),
+                n => self.received(&buf[..n]),
+            }))?;
+        }
+        if self.wants_write() && (readable || writable) {
+            absorb(socket.write(self.unsent()).map(|n| self.sent(n)))?;
+        }
+        Ok(self.step(now))
+    }
+
     /// The latest instant the loop must wake for this connection, if any.
     pub fn deadline(&self) -> Option<Instant> {
         match self.phase {
@@ -235,6 +271,20 @@ mod tests {
         assert!(c.unsent().is_empty());
         assert_eq!(c.step(now), Step::Wait);
         assert_eq!(c.step(now + LINGER), Step::Close);
+    }
+
+    #[test]
+    fn pump_reads_feeds_and_writes() {
+        let mut c = fib();
+        let mut socket = io::Cursor::new(b"10\n".to_vec());
+        let mut buf = [0u8; 64];
+        let now = Instant::now();
+        assert_eq!(
+            c.pump(&mut socket, true, false, &mut buf, now).unwrap(),
+            Step::Wait
+        );
+        assert_eq!(&socket.get_ref()[3..], b"55\n");
+        assert!(c.unsent().is_empty());
     }
 
     #[test]

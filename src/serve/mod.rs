@@ -233,6 +233,15 @@ pub fn log_closed(addr: &std::net::SocketAddr) {
     tracing::info!("Connection from {addr} closed");
 }
 
+/// Log a connection's I/O error: at debug if routine, else as a warning.
+pub fn log_io_error(addr: &std::net::SocketAddr, err: &std::io::Error) {
+    if is_routine(err) {
+        tracing::debug!("{addr}: {err}");
+    } else {
+        tracing::warn!("{addr}: {err}");
+    }
+}
+
 /// Whether an I/O error is a client's routine misbehaviour (reset, broken pipe,
 /// timeout) rather than something worth a warning.
 pub fn is_routine(err: &std::io::Error) -> bool {
