@@ -177,6 +177,11 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Children first (processes model), so none outlives a failed test.
+        for kid in concur::sys::children(self.pid) {
+            // SAFETY: kill(2) on a child of our own child.
+            unsafe { libc::kill(kid as libc::pid_t, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
