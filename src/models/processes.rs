@@ -20,9 +20,11 @@
 //! unless the server is single-threaded (no runtime, no helper threads).
 //!
 //! Cost: a process per client: fork, page tables, copy-on-write faults, and an
-//! exit and reap per connection. Ceiling: a few thousand clients in practice,
-//! bounded by `ulimit -u`, `/proc/sys/kernel/pid_max` and memory; when fork fails,
-//! that client is closed and logged. On shutdown, children get the grace period to
+//! exit and reap per connection. Ceiling: measured on the 2-core development
+//! machine, 8000 idle clients in 8000 children still answered, though accepting
+//! them took seconds (a fork each); the limits are `ulimit -u`,
+//! `/proc/sys/kernel/pid_max` and memory. When fork fails, that client is closed
+//! and logged. On shutdown, children get the grace period to
 //! finish, then SIGKILL.
 
 use crate::serve::accept::{Acceptor, ConnToken, Next};

