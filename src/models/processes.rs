@@ -56,9 +56,12 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
                 Ok(ForkResult::Child) => {
                     shutdown::child_signals();
                     let _ = nix::unistd::close(listener.as_raw_fd());
-                    blocking_conn::serve_client(client, cfg, &shutdown);
+                    // A panic must end this child, never unwind into the parent's loop.
+                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        blocking_conn::serve_client(client, cfg, &shutdown)
+                    }));
                     // SAFETY: _exit ends the child without running the parent's destructors.
-                    unsafe { libc::_exit(0) }
+                    unsafe { libc::_exit(if served.is_ok() { 0 } else { 101 }) }
                 }
                 Ok(ForkResult::Parent { child }) => {
                     children.insert(child, client.token);

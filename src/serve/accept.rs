@@ -86,16 +86,60 @@ impl Gate {
     }
 }
 
+/// At most one resource-exhaustion warning per second, however long it lasts.
+static WARN_LIMIT: RateLimit = RateLimit::new();
+
+/// Lets one event through per second, counting the ones it holds back.
+pub struct RateLimit {
+    last_ms: AtomicU64,
+    held: AtomicU64,
+}
+
+impl RateLimit {
+    pub const fn new() -> RateLimit {
+        RateLimit {
+            last_ms: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(events held back since the last one let through)`, or `None` to skip.
+    pub fn allow(&self) -> Option<u64> {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let now = START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1000;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now >= last + 1000
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit::new()
+    }
+}
+
 /// What to do after accept() failed: `None` retry at once, `Some(d)` leave the
 /// listener alone for `d`. Logs what deserves it.
 pub fn after_accept_error(err: &io::Error) -> Option<Duration> {
     match err.raw_os_error() {
         Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EAGAIN) => None,
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-            tracing::warn!(
-                "accept: {err}; not accepting for {} ms, existing clients still served",
-                BACKOFF.as_millis()
-            );
+            if let Some(repeats) = WARN_LIMIT.allow() {
+                tracing::warn!(
+                    "accept: {err}; not accepting for {} ms, existing clients still served \
+                     ({repeats} more such failures in the last second)",
+                    BACKOFF.as_millis()
+                );
+            }
             Some(BACKOFF)
         }
         _ if err.kind() == io::ErrorKind::WouldBlock => None,
@@ -214,5 +258,38 @@ impl<'a> Acceptor<'a> {
                 return Next::Tick;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_lets_one_through_per_second() {
+        let limit = RateLimit::new();
+        assert_eq!(limit.allow(), Some(0));
+        assert_eq!(limit.allow(), None);
+        assert_eq!(limit.allow(), None);
+    }
+
+    #[test]
+    fn gate_counts_and_refuses() {
+        let gate = Gate::new(2);
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let a = gate.admit(&addr).unwrap();
+        let _b = gate.admit(&addr).unwrap();
+        assert!(gate.admit(&addr).is_none());
+        assert_eq!(gate.live(), 2);
+        drop(a);
+        assert!(gate.admit(&addr).is_some());
+    }
+
+    #[test]
+    fn out_of_descriptors_backs_off_but_transient_errors_retry() {
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        assert_eq!(after_accept_error(&emfile), Some(BACKOFF));
+        let aborted = io::Error::from_raw_os_error(libc::ECONNABORTED);
+        assert_eq!(after_accept_error(&aborted), None);
     }
 }

@@ -248,7 +248,13 @@ pub fn is_routine(err: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(
         err.kind(),
-        ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut | WouldBlock | UnexpectedEof
+        ConnectionReset
+            | ConnectionAborted
+            | BrokenPipe
+            | NotConnected
+            | TimedOut
+            | WouldBlock
+            | UnexpectedEof
     ) || err.raw_os_error() == Some(libc::ETIMEDOUT)
 }
 
