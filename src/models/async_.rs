@@ -127,7 +127,7 @@ async fn serve_conn(
         out.clear();
         if n == 0 {
             session.eof(&mut out);
-            return stream.write_all(&out).await;
+            return within(cfg.idle_timeout, stream.write_all(&out)).await;
         }
         let flow = session.feed(&buf[..n], &mut out);
         within(cfg.idle_timeout, stream.write_all(&out)).await?;
@@ -144,9 +144,10 @@ async fn within<T>(
 ) -> io::Result<T> {
     match limit {
         None => io.await,
-        Some(limit) => tokio::time::timeout(limit, io)
-            .await
-            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))),
+        Some(limit) => tokio::time::timeout(limit, io).await.unwrap_or_else(|_| {
+            tracing::info!("closing an idle connection (--idle-timeout)");
+            Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))
+        }),
     }
 }
 
