@@ -29,8 +29,7 @@
 
 use crate::protocol::Flow;
 use crate::serve::accept::{ConnToken, Gate, after_accept_error};
-use crate::serve::blocking_conn::{LINGER, READ_SIZE};
-use crate::serve::{ServeConfig, Shutdown, log_closed, log_io_error, log_open};
+use crate::serve::{LINGER, READ_SIZE, ServeConfig, Shutdown, log_closed, log_io_error, log_open};
 use anyhow::Context;
 use std::io;
 use std::net::SocketAddr;

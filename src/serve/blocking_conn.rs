@@ -6,12 +6,12 @@
 //! while True:
 //!     data = client.recv(10000)      # here: poll(client, shutdown pipe), then read
 //!     if not data: break              # here: session.eof(), send what is owed
-//!     client.sendall(reply(data))     # here: session.feed(), write_all
+//!     client.sendall(reply(data))     # here: session.feed(), send_all
 //! ```
 //!
 //! - Memory is bounded without a buffer limit: the replies to one read are written in
 //!   full before the next read. A client that never reads fills its socket buffers,
-//!   write blocks, and the server stops reading from it.
+//!   [`send_all`] waits for room, and the server stops reading from it.
 //! - Idle timeout: poll(2) waits at most `--idle-timeout` for input, and the same
 //!   bound applies to a write stuck on a client that does not read ([`send_all`]).
 //! - Shutdown: poll(2) also watches the shutdown pipe. Replies to everything read so
@@ -22,20 +22,16 @@
 //!   and discards input briefly first.
 
 use super::shutdown::{poll, poll_readable};
-use super::{ServeConfig, Shutdown, accept::Client, log_closed, log_io_error, log_open};
+use super::{
+    LINGER, READ_SIZE, ServeConfig, Shutdown, accept::Client, log_closed, log_io_error, log_open,
+};
 use crate::protocol::{Flow, Session};
 use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
 use std::io::{self, Read};
 use std::net::{Shutdown as Direction, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
-use std::time::{Duration, Instant};
-
-/// Bytes taken per read (the talk reads 10000).
-pub const READ_SIZE: usize = 16 * 1024;
-
-/// How long a closing connection discards input while its FIN reaches the client.
-pub const LINGER: Duration = Duration::from_secs(2);
+use std::time::Instant;
 
 /// Serve one client to the end, logging its arrival and departure. Never fails:
 /// resets and broken pipes are routine (logged at debug).

@@ -12,8 +12,8 @@
 //! fib inline, which is the talk's point about event loops; an offloading loop
 //! reserves the job's place in `out` and fills it when the worker answers.
 
-use super::blocking_conn::LINGER;
-pub use super::blocking_conn::READ_SIZE;
+use super::LINGER;
+pub use super::READ_SIZE;
 use crate::protocol::{Flow, Job, Session, Sink};
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};

@@ -34,6 +34,13 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::time::Duration;
 
+/// Bytes taken per read (the talk reads 10000).
+pub const READ_SIZE: usize = 16 * 1024;
+
+/// How long a closing connection discards input while its FIN reaches the client:
+/// closing with unread input would send RST, which can destroy the last replies.
+pub const LINGER: Duration = Duration::from_secs(2);
+
 /// How long replies already owed may take to drain after SIGINT/SIGTERM.
 pub const GRACE: Duration = Duration::from_secs(3);
 
