@@ -12,7 +12,7 @@
 //!   would never see the connection close, and the parent would run out of
 //!   descriptors);
 //! - the parent reaps its children with waitpid(WNOHANG) on every turn of its accept
-//!   loop (every [`TICK`] at least), so no zombies pile up; a child that crashes or
+//!   loop (every 100 ms at least), so no zombies pile up; a child that crashes or
 //!   is killed is just reaped and logged.
 //!
 //! fork() copies only the calling thread, so forking a multi-threaded process can
