@@ -119,8 +119,8 @@ pub struct ServeArgs {
     /// Service to speak
     #[arg(long, value_enum)]
     pub service: Service,
-    /// Address to listen on; port 0 picks a free port. Use 0.0.0.0:25000 (IPv4) or
-    /// '[::]:25000' (IPv6) to listen on every interface, as the talk's ('', 25000) does
+    /// Address to listen on; port 0 picks a free port. Use `0.0.0.0:25000` (IPv4) or
+    /// `[::]:25000` (IPv6) to listen on every interface, as the talk's ('', 25000) does
     #[arg(long, default_value = "127.0.0.1:25000")]
     pub addr: String,
     /// Worker threads for the async model [default: number of cores]
