@@ -23,7 +23,12 @@ extern "C" fn on_signal(_: libc::c_int) {
     let fd = WRITE_FD.load(Ordering::Relaxed);
     if fd >= 0 {
         // SAFETY: write(2) is async-signal-safe; the buffer is a valid static byte.
-        unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) };
+        // errno is saved and restored so the interrupted code never sees ours.
+        unsafe {
+            let errno = *libc::__errno_location();
+            libc::write(fd, b"x".as_ptr().cast(), 1);
+            *libc::__errno_location() = errno;
+        }
     }
 }
 
