@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Which is faster for CPU-bound work: threads or processes? Measures fib(n) five ways
     Fib(concur::fib::command::FibArgs),
+    /// The talk's echo and fib servers, one concurrency model at a time
+    Serve(concur::serve::ServeArgs),
     /// Run the whole talk as experiments on this machine and write a report (the main job)
     Lab(concur::lab::LabArgs),
     /// Internal: compute one fib(n) and print it (the `processes` mode's child)
@@ -63,6 +65,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::Serve(args) => concur::serve::run(&args).map(|()| 0),
         Command::Lab(args) => concur::lab::run(&args, &fib::current_exe()?),
         Command::FibWorker { n } => fib::worker_main(n).map(|()| 0),
     }

@@ -1,0 +1,311 @@
+//! One client of an event loop, without the socket: its protocol session, its
+//! buffer of unsent replies, and where it is in its life. The loop owns the socket
+//! and does the reads and writes; [`Conn`] says what it wants next.
+//!
+//! The talk's select server keeps `msg_out[s] = Queue()` per socket and grows it
+//! without limit. Here the buffer is bounded: once [`OUT_LIMIT`] bytes are unsent,
+//! [`Conn::wants_read`] turns false, the loop stops reading from that client, and
+//! the kernel's flow control pushes back on the client until it reads its replies.
+//! (One read's replies may overshoot the limit: at most a few times [`READ_SIZE`].)
+//!
+//! Offloading (a later issue) slots in at the [`Sink`] impl below: today `job` runs
+//! fib inline, which is the talk's point about event loops; an offloading loop
+//! reserves the job's place in `out` and fills it when the worker answers.
+
+use super::LINGER;
+pub use super::READ_SIZE;
+use crate::protocol::{Flow, Job, Session, Sink};
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+/// Unsent reply bytes past which a connection stops being read.
+pub const OUT_LIMIT: usize = 1024 * 1024;
+
+/// What the loop should do with the socket now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Keep waiting for what [`Conn::wants_read`] / [`Conn::wants_write`] say.
+    Wait,
+    /// Everything owed is sent; shut down the write side (FIN) and keep
+    /// discarding input until the client closes or the linger deadline passes.
+    ShutdownWrite,
+    /// Close the socket and forget the connection.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading requests.
+    Open,
+    /// The client closed its write side: send what is owed, then close.
+    Eof,
+    /// Stopped reading (protocol said close, or shutdown): send what is owed, then
+    /// shut down writing and linger.
+    Flush,
+    /// FIN sent; input is discarded until EOF or the deadline.
+    Linger(Instant),
+}
+
+/// Replies not yet written: `buf[sent..]`.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    buf: Vec<u8>,
+    sent: usize,
+}
+
+/// The inline sink, as in the talk: a fib job runs on the loop's thread.
+impl Sink for Outbox {
+    fn bytes(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+    fn job(&mut self, job: Job) {
+        job.run(&mut self.buf);
+    }
+}
+
+/// One event-loop client.
+#[derive(Debug)]
+pub struct Conn {
+    session: Session,
+    out: Outbox,
+    phase: Phase,
+    idle_timeout: Option<Duration>,
+    last_progress: Instant,
+}
+
+impl Conn {
+    pub fn new(session: Session, idle_timeout: Option<Duration>) -> Conn {
+        Conn {
+            session,
+            out: Outbox::default(),
+            phase: Phase::Open,
+            idle_timeout,
+            last_progress: Instant::now(),
+        }
+    }
+
+    /// Whether the loop should read from the socket now.
+    pub fn wants_read(&self) -> bool {
+        match self.phase {
+            Phase::Open => self.unsent().len() < OUT_LIMIT,
+            Phase::Linger(_) => true,
+            Phase::Eof | Phase::Flush => false,
+        }
+    }
+
+    /// Whether the loop should write to the socket now.
+    pub fn wants_write(&self) -> bool {
+        !self.unsent().is_empty()
+    }
+
+    /// A read returned `data` (non-empty).
+    pub fn received(&mut self, data: &[u8]) {
+        self.last_progress = Instant::now();
+        if self.phase != Phase::Open {
+            return; // lingering: discard
+        }
+        if self.session.feed(data, &mut self.out) == Flow::Close {
+            self.phase = Phase::Flush;
+        }
+    }
+
+    /// A read returned end of stream: the client shut down its write side.
+    pub fn received_eof(&mut self) {
+        match self.phase {
+            Phase::Open => {
+                self.session.eof(&mut self.out);
+                self.phase = Phase::Eof;
+            }
+            Phase::Linger(_) => self.phase = Phase::Eof,
+            Phase::Eof | Phase::Flush => {}
+        }
+    }
+
+    /// Replies waiting to be written.
+    pub fn unsent(&self) -> &[u8] {
+        &self.out.buf[self.out.sent..]
+    }
+
+    /// A write took `n` bytes of [`Conn::unsent`].
+    pub fn sent(&mut self, n: usize) {
+        if n > 0 {
+            self.last_progress = Instant::now();
+        }
+        self.out.sent += n;
+        if self.out.sent == self.out.buf.len() {
+            self.out.buf.clear();
+            self.out.sent = 0;
+            if self.out.buf.capacity() > 2 * READ_SIZE {
+                self.out.buf.shrink_to(2 * READ_SIZE);
+            }
+        } else if self.out.sent > OUT_LIMIT / 2 {
+            self.out.buf.drain(..self.out.sent);
+            self.out.sent = 0;
+        }
+    }
+
+    /// Shutdown requested: stop reading, send what is owed, close.
+    pub fn stop(&mut self) {
+        if self.phase == Phase::Open {
+            self.phase = Phase::Flush;
+        }
+    }
+
+    /// After I/O (or a timeout), what the loop should do with the socket.
+    pub fn step(&mut self, now: Instant) -> Step {
+        if let Some(idle) = self.idle_timeout
+            && now.duration_since(self.last_progress) >= idle
+            && !matches!(self.phase, Phase::Linger(_))
+        {
+            tracing::info!("closing an idle connection (--idle-timeout)");
+            return Step::Close;
+        }
+        match self.phase {
+            Phase::Open => Step::Wait,
+            Phase::Eof if self.unsent().is_empty() => Step::Close,
+            Phase::Flush if self.unsent().is_empty() => {
+                self.phase = Phase::Linger(now + LINGER);
+                Step::ShutdownWrite
+            }
+            Phase::Linger(until) if now >= until => Step::Close,
+            _ => Step::Wait,
+        }
+    }
+
+    /// One turn of I/O on a non-blocking socket the loop found `readable` and/or
+    /// `writable`: read once and feed the session, write what the socket takes (at
+    /// once if the read produced replies), and say what to do next. WouldBlock and
+    /// EINTR are absorbed; any other error ends the connection.
+    pub fn pump(
+        &mut self,
+        mut socket: impl Read + Write,
+        readable: bool,
+        writable: bool,
+        buf: &mut [u8],
+        now: Instant,
+    ) -> io::Result<Step> {
+        let absorb = |r: io::Result<()>| match r {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            other => other,
+        };
+        if readable && self.wants_read() {
+            absorb(socket.read(buf).map(|n| match n {
+                0 => self.received_eof(),
+                n => self.received(&buf[..n]),
+            }))?;
+        }
+        if self.wants_write() && (readable || writable) {
+            absorb(socket.write(self.unsent()).map(|n| self.sent(n)))?;
+        }
+        Ok(self.step(now))
+    }
+
+    /// The latest instant the loop must wake for this connection, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Linger(until) => Some(until),
+            _ => self.idle_timeout.map(|t| self.last_progress + t),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ServiceSpec;
+
+    fn fib() -> Conn {
+        Conn::new(ServiceSpec::Fib { max_n: 30 }.session(), None)
+    }
+
+    #[test]
+    fn replies_then_closes_after_eof() {
+        let mut c = fib();
+        c.received(b"10\n2");
+        assert_eq!(c.unsent(), b"55\n");
+        c.received_eof();
+        assert!(!c.wants_read());
+        assert_eq!(
+            c.unsent(),
+            b"55\nERR unterminated request at end of stream\n"
+        );
+        assert_eq!(c.step(Instant::now()), Step::Wait);
+        let n = c.unsent().len();
+        c.sent(n);
+        assert_eq!(c.step(Instant::now()), Step::Close);
+    }
+
+    #[test]
+    fn stops_reading_past_the_limit() {
+        let mut c = Conn::new(ServiceSpec::Echo { prefix: Vec::new() }.session(), None);
+        let chunk = vec![b'x'; READ_SIZE];
+        let mut fed = 0;
+        while c.wants_read() {
+            c.received(&chunk);
+            fed += 1;
+            assert!(fed < 1000, "never stopped reading");
+        }
+        assert!(c.unsent().len() >= OUT_LIMIT && c.unsent().len() < OUT_LIMIT + READ_SIZE);
+        c.sent(OUT_LIMIT / 2 + 1);
+        assert!(c.wants_read());
+    }
+
+    #[test]
+    fn too_long_flushes_then_lingers() {
+        let mut c = fib();
+        c.received(&[b'1'; 100]);
+        assert_eq!(c.unsent(), b"ERR request too long\n");
+        assert!(!c.wants_read());
+        c.sent(c.unsent().len());
+        let now = Instant::now();
+        assert_eq!(c.step(now), Step::ShutdownWrite);
+        assert!(c.wants_read());
+        c.received(b"more junk");
+        assert!(c.unsent().is_empty());
+        assert_eq!(c.step(now), Step::Wait);
+        assert_eq!(c.step(now + LINGER), Step::Close);
+    }
+
+    #[test]
+    fn pump_reads_feeds_and_writes() {
+        let mut c = fib();
+        let mut socket = io::Cursor::new(b"10\n".to_vec());
+        let mut buf = [0u8; 64];
+        let now = Instant::now();
+        assert_eq!(
+            c.pump(&mut socket, true, false, &mut buf, now).unwrap(),
+            Step::Wait
+        );
+        assert_eq!(&socket.get_ref()[3..], b"55\n");
+        assert!(c.unsent().is_empty());
+    }
+
+    #[test]
+    fn idle_connection_closes() {
+        let mut c = Conn::new(
+            ServiceSpec::Fib { max_n: 30 }.session(),
+            Some(Duration::from_secs(5)),
+        );
+        let now = Instant::now();
+        assert_eq!(c.step(now), Step::Wait);
+        assert_eq!(c.step(now + Duration::from_secs(6)), Step::Close);
+    }
+
+    #[test]
+    fn stop_sends_what_is_owed() {
+        let mut c = fib();
+        c.received(b"1\n");
+        c.stop();
+        assert!(!c.wants_read());
+        assert_eq!(c.step(Instant::now()), Step::Wait);
+        c.sent(2);
+        assert_eq!(c.step(Instant::now()), Step::ShutdownWrite);
+    }
+}

@@ -1,0 +1,362 @@
+//! `concur serve`: the talk's servers behind one command.
+//!
+//! Every model in `src/models/` has the same signature, [`ModelFn`]: it gets a bound,
+//! non-blocking listener, the [`ServeConfig`] and a [`Shutdown`] handle, and serves
+//! until shutdown. Everything that is not "the concurrency" lives here, so two model
+//! files differ only in how they wait:
+//!
+//! - [`listener`]: binding (SO_REUSEADDR, backlog 1024) and the errors a user can fix.
+//! - [`shutdown`]: SIGINT/SIGTERM as a self-pipe every model can wait on.
+//! - [`accept`]: the accept loop's shared rules: `--max-conns`, back-off when accept
+//!   fails with EMFILE/ENFILE, per-connection log lines.
+//! - [`blocking_conn`]: one client served with blocking calls (blocking, threads,
+//!   processes).
+//! - [`conn`]: one client's state for event loops: its session and its bounded
+//!   buffer of unsent replies (select, async and the event loops to come).
+//!
+//! Adding a model: write `src/models/NAME.rs` with `pub fn run(listener, cfg,
+//! shutdown)`, add a variant to [`Model`] and one arm to [`Model::runner`] (and to
+//! [`Model::check`] if it needs something the kernel may lack). The test harness in
+//! `tests/serve_harness/` lists model names; adding one there runs the whole suite.
+
+pub mod accept;
+pub mod blocking_conn;
+pub mod conn;
+pub mod listener;
+pub mod shutdown;
+
+pub use shutdown::Shutdown;
+
+use crate::error::bad_input;
+use crate::protocol::{DEFAULT_MAX_N, ServiceSpec, echo::DEFAULT_PREFIX};
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::net::TcpListener;
+use std::time::Duration;
+
+/// Bytes taken per read (the talk reads 10000).
+pub const READ_SIZE: usize = 16 * 1024;
+
+/// How long a closing connection discards input while its FIN reaches the client:
+/// closing with unread input would send RST, which can destroy the last replies.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// How long replies already owed may take to drain after SIGINT/SIGTERM.
+pub const GRACE: Duration = Duration::from_secs(3);
+
+/// The fib service's default `--idle-timeout`, in seconds.
+pub const FIB_IDLE_TIMEOUT_SECS: f64 = 60.0;
+
+/// The signature every model implements.
+pub type ModelFn = fn(TcpListener, &ServeConfig, Shutdown) -> Result<()>;
+
+/// The concurrency models, by their command-line names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// The talk's first server: one thread, one client at a time.
+    Blocking,
+    /// A new OS thread per client (the talk's option 1).
+    Threads,
+    /// fork() a child process per client (the talk's option 2).
+    Processes,
+    /// One thread, a select(2) readiness loop (the talk's option 3).
+    Select,
+    /// tokio, the asyncio of Rust: one task per client on `--workers` threads.
+    Async,
+}
+
+impl Model {
+    /// The model's name as the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Blocking => "blocking",
+            Model::Threads => "threads",
+            Model::Processes => "processes",
+            Model::Select => "select",
+            Model::Async => "async",
+        }
+    }
+
+    /// The function that runs this model.
+    pub fn runner(self) -> ModelFn {
+        use crate::models;
+        match self {
+            Model::Blocking => models::blocking::run,
+            Model::Threads => models::threads::run,
+            Model::Processes => models::processes::run,
+            Model::Select => models::select::run,
+            Model::Async => models::async_::run,
+        }
+    }
+
+    /// Whether this OS or kernel can run the model; the error is the user's to fix.
+    pub fn check(self) -> Result<()> {
+        if !cfg!(target_os = "linux") {
+            return Err(bad_input(format!(
+                "model {} needs Linux (it reads /proc and uses Linux socket semantics)",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Which service the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    /// The talk's echo: every read answered with PREFIX + data.
+    Echo,
+    /// One decimal n per line (or ended by '?'), answered with fib(n).
+    Fib,
+}
+
+/// `concur serve` options. Scripts and `concur lab` depend on these names.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Concurrency model
+    #[arg(long, value_enum)]
+    pub model: Model,
+    /// Service to speak
+    #[arg(long, value_enum)]
+    pub service: Service,
+    /// Address to listen on; port 0 picks a free port. Use `0.0.0.0:25000` (IPv4) or
+    /// `[::]:25000` (IPv6) to listen on every interface, as the talk's ('', 25000) does
+    #[arg(long, default_value = "127.0.0.1:25000")]
+    pub addr: String,
+    /// Worker threads for the async model [default: number of cores]
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Echo reply prefix; --prefix '' gives plain echo (RFC 862)
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    pub prefix: String,
+    /// Largest n the fib service computes
+    #[arg(long, default_value_t = DEFAULT_MAX_N)]
+    pub max_n: u32,
+    /// Past this many open connections, new clients are closed at once
+    #[arg(long, default_value_t = 10_000)]
+    pub max_conns: usize,
+    /// Close connections silent this many seconds; 0 = never [default: off for
+    /// echo, as in the talk; 60 for fib]
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<f64>,
+    /// -v logs each connection (the talk's "Connection from ..."), -vv debug
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Everything a model needs to know, checked.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub model: Model,
+    pub service: ServiceSpec,
+    /// Threads for models that use a fixed number of them (async).
+    pub workers: usize,
+    pub max_conns: usize,
+    /// Close a connection after this long without input (or stuck writing).
+    pub idle_timeout: Option<Duration>,
+    /// How long replies already owed may take after SIGINT/SIGTERM.
+    pub grace: Duration,
+}
+
+impl ServeConfig {
+    /// Check the arguments; every error is the user's to fix.
+    pub fn from_args(args: &ServeArgs) -> Result<ServeConfig> {
+        let service = match args.service {
+            Service::Echo => ServiceSpec::Echo {
+                prefix: args.prefix.as_bytes().to_vec(),
+            },
+            Service::Fib => ServiceSpec::Fib { max_n: args.max_n },
+        };
+        if args.max_n > crate::fib::MAX_N {
+            return Err(bad_input(format!(
+                "--max-n {} is too large; at most {} (fib({}) holds a core for about 30 s)",
+                args.max_n,
+                crate::fib::MAX_N,
+                crate::fib::MAX_N
+            )));
+        }
+        let workers = match args.workers {
+            Some(0) => return Err(bad_input("--workers must be at least 1")),
+            Some(n) => n,
+            None => crate::sys::cores(),
+        };
+        if args.max_conns == 0 {
+            return Err(bad_input("--max-conns must be at least 1"));
+        }
+        let idle_secs = args.idle_timeout.unwrap_or(match args.service {
+            Service::Echo => 0.0,
+            Service::Fib => FIB_IDLE_TIMEOUT_SECS,
+        });
+        if !idle_secs.is_finite() || !(0.0..=1e6).contains(&idle_secs) {
+            return Err(bad_input(format!(
+                "--idle-timeout {idle_secs} must be between 0 (off) and 1000000 seconds"
+            )));
+        }
+        let idle_timeout = (idle_secs > 0.0).then(|| Duration::from_secs_f64(idle_secs));
+        Ok(ServeConfig {
+            model: args.model,
+            service,
+            workers,
+            max_conns: args.max_conns,
+            idle_timeout,
+            grace: GRACE,
+        })
+    }
+}
+
+/// `concur serve`: check, bind, announce, serve until SIGINT/SIGTERM.
+pub fn run(args: &ServeArgs) -> Result<()> {
+    crate::logging::init(args.verbose);
+    let cfg = ServeConfig::from_args(args)?;
+    cfg.model.check()?;
+    if let Err(e) = crate::sys::raise_fd_limit() {
+        tracing::warn!("cannot raise the descriptor limit: {e}");
+    }
+    let shutdown = Shutdown::install().context("installing SIGINT/SIGTERM handlers")?;
+    let listener = listener::bind(&args.addr)?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "listening on {local} model={} service={}",
+        cfg.model.name(),
+        cfg.service.name()
+    )
+    .and_then(|()| out.flush())
+    .context("writing the listening line to stdout")?;
+    drop(out);
+    (cfg.model.runner())(listener, &cfg, shutdown)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The talk's per-connection log lines, shared so every model prints the same.
+pub fn log_open(addr: &std::net::SocketAddr) {
+    tracing::info!("Connection from {addr}");
+}
+
+/// See [`log_open`].
+pub fn log_closed(addr: &std::net::SocketAddr) {
+    tracing::info!("Connection from {addr} closed");
+}
+
+/// Log a connection's I/O error: at debug if routine, else as a warning.
+pub fn log_io_error(addr: &std::net::SocketAddr, err: &std::io::Error) {
+    if is_routine(err) {
+        tracing::debug!("{addr}: {err}");
+    } else {
+        tracing::warn!("{addr}: {err}");
+    }
+}
+
+/// Whether an I/O error is a client's routine misbehaviour (reset, broken pipe,
+/// timeout) rather than something worth a warning.
+pub fn is_routine(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        err.kind(),
+        ConnectionReset
+            | ConnectionAborted
+            | BrokenPipe
+            | NotConnected
+            | TimedOut
+            | WouldBlock
+            | UnexpectedEof
+    ) || err.raw_os_error() == Some(libc::ETIMEDOUT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Parser, ValueEnum};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<ServeConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))?;
+        ServeConfig::from_args(&cli.serve)
+    }
+
+    #[test]
+    fn model_names_match_the_command_line() {
+        for model in Model::value_variants() {
+            let spelled = model.to_possible_value().unwrap();
+            assert_eq!(spelled.get_name(), model.name());
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let echo = config(&["--model", "threads", "--service", "echo"]).unwrap();
+        assert_eq!(
+            echo.idle_timeout, None,
+            "echo idles forever, as in the talk"
+        );
+        assert_eq!(echo.max_conns, 10_000);
+        assert_eq!(echo.workers, crate::sys::cores());
+        assert_eq!(
+            echo.service,
+            ServiceSpec::Echo {
+                prefix: b"Received: ".to_vec()
+            }
+        );
+        let fib = config(&["--model", "async", "--service", "fib"]).unwrap();
+        assert_eq!(fib.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(
+            fib.service,
+            ServiceSpec::Fib {
+                max_n: DEFAULT_MAX_N
+            }
+        );
+    }
+
+    #[test]
+    fn idle_timeout_zero_is_off() {
+        let fib = config(&[
+            "--model",
+            "select",
+            "--service",
+            "fib",
+            "--idle-timeout",
+            "0",
+        ]);
+        assert_eq!(fib.unwrap().idle_timeout, None);
+        let echo = config(&[
+            "--model",
+            "select",
+            "--service",
+            "echo",
+            "--idle-timeout",
+            "2.5",
+        ]);
+        assert_eq!(
+            echo.unwrap().idle_timeout,
+            Some(Duration::from_millis(2500))
+        );
+    }
+
+    #[test]
+    fn bad_values_are_bad_input() {
+        for args in [
+            &["--model", "async", "--service", "fib", "--workers", "0"][..],
+            &["--model", "async", "--service", "fib", "--max-conns", "0"],
+            &["--model", "async", "--service", "fib", "--max-n", "99"],
+            &["--model", "async", "--service", "fib", "--idle-timeout=-1"],
+            &[
+                "--model",
+                "async",
+                "--service",
+                "fib",
+                "--idle-timeout",
+                "nan",
+            ],
+        ] {
+            let err = config(args).unwrap_err();
+            assert_eq!(crate::error::exit_code(&err), 2, "{args:?}: {err}");
+        }
+    }
+}
