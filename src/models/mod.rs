@@ -5,6 +5,7 @@
 
 pub mod async_;
 pub mod blocking;
+pub mod epoll;
 pub mod processes;
 pub mod select;
 pub mod threads;

@@ -8,18 +8,59 @@
 //! the kernel's flow control pushes back on the client until it reads its replies.
 //! (One read's replies may overshoot the limit: at most a few times [`READ_SIZE`].)
 //!
-//! Offloading (a later issue) slots in at the [`Sink`] impl below: today `job` runs
-//! fib inline, which is the talk's point about event loops; an offloading loop
-//! reserves the job's place in `out` and fills it when the worker answers.
+//! Offloading (`--offload`) slots in at the [`Sink`] impl below: without it `job`
+//! runs fib inline, which is the talk's point about event loops; with it the job
+//! goes to a worker pool ([`super::offload`]), its place in the reply order is
+//! held in a queue, and [`Conn::completed`] fills it when the worker answers.
+//!
+//! Memory: an idle connection keeps no buffer. The loop reads into one buffer of
+//! its own, the unsent buffer is allocated only while replies wait and freed once
+//! drained (unless small), and the protocol keeps at most a partial request.
 
 use super::LINGER;
 pub use super::READ_SIZE;
+use super::offload;
 use crate::protocol::{Flow, Job, Session, Sink};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 /// Unsent reply bytes past which a connection stops being read.
 pub const OUT_LIMIT: usize = 1024 * 1024;
+
+/// Offloaded jobs one connection may have running before it stops being read.
+pub const MAX_JOBS: usize = 64;
+
+/// A drained unsent buffer up to this capacity is kept for the next reply; a larger
+/// one is freed, so an idle connection holds at most this much.
+const KEEP_CAPACITY: usize = 1024;
+
+/// Reads (and writes) [`Conn::drive`] does per call before yielding to other clients.
+pub const DRIVE_ROUNDS: usize = 8;
+
+/// What an edge-triggered loop knows of a socket: whether it may have input, and
+/// room for output. Set both when an event says so; [`Conn::drive`] clears them
+/// when the socket would block. A new socket starts writable.
+///
+/// `read_closed` (EPOLLRDHUP: the peer's FIN, or an error) matters because a read
+/// shorter than the buffer is taken to mean "drained": true for data, but a FIN that
+/// came with the data raises no further edge, so it must be read for explicitly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hints {
+    pub readable: bool,
+    pub writable: bool,
+    pub read_closed: bool,
+}
+
+impl Default for Hints {
+    fn default() -> Self {
+        Hints {
+            readable: false,
+            writable: true,
+            read_closed: false,
+        }
+    }
+}
 
 /// What the loop should do with the socket now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,20 +87,51 @@ enum Phase {
     Linger(Instant),
 }
 
-/// Replies not yet written: `buf[sent..]`.
+/// A reply waiting behind an offloaded job, in request order.
+#[derive(Debug)]
+enum Pending {
+    Bytes(Vec<u8>),
+    /// An offloaded job, by id, still running.
+    Job(u64),
+}
+
+/// Replies not yet written: `buf[sent..]`, then `queue` (replies behind a running
+/// offloaded job; empty unless `--offload`).
 #[derive(Debug, Default)]
 pub struct Outbox {
     buf: Vec<u8>,
     sent: usize,
+    queue: VecDeque<Pending>,
+    /// Bytes held in `queue`.
+    queued: usize,
+    /// Jobs in `queue`.
+    jobs: usize,
+    offload: Option<offload::Handle>,
 }
 
-/// The inline sink, as in the talk: a fib job runs on the loop's thread.
+/// The sink: bytes go straight to the unsent buffer unless a job is ahead of them;
+/// a job runs inline (the talk) or, with `--offload`, on the worker pool.
 impl Sink for Outbox {
     fn bytes(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        if self.queue.is_empty() {
+            self.buf.extend_from_slice(data);
+            return;
+        }
+        self.queued += data.len();
+        match self.queue.back_mut() {
+            Some(Pending::Bytes(b)) => b.extend_from_slice(data),
+            _ => self.queue.push_back(Pending::Bytes(data.to_vec())),
+        }
     }
     fn job(&mut self, job: Job) {
-        job.run(&mut self.buf);
+        match &self.offload {
+            None => job.run(&mut self.buf),
+            Some(pool) => {
+                let id = pool.submit(job);
+                self.queue.push_back(Pending::Job(id));
+                self.jobs += 1;
+            }
+        }
     }
 }
 
@@ -75,9 +147,21 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(session: Session, idle_timeout: Option<Duration>) -> Conn {
+        Conn::with_offload(session, idle_timeout, None)
+    }
+
+    /// A connection whose fib jobs go to a worker pool (`--offload`).
+    pub fn with_offload(
+        session: Session,
+        idle_timeout: Option<Duration>,
+        offload: Option<offload::Handle>,
+    ) -> Conn {
         Conn {
             session,
-            out: Outbox::default(),
+            out: Outbox {
+                offload,
+                ..Outbox::default()
+            },
             phase: Phase::Open,
             idle_timeout,
             last_progress: Instant::now(),
@@ -87,7 +171,9 @@ impl Conn {
     /// Whether the loop should read from the socket now.
     pub fn wants_read(&self) -> bool {
         match self.phase {
-            Phase::Open => self.unsent().len() < OUT_LIMIT,
+            Phase::Open => {
+                self.unsent().len() + self.out.queued < OUT_LIMIT && self.out.jobs < MAX_JOBS
+            }
             Phase::Linger(_) => true,
             Phase::Eof | Phase::Flush => false,
         }
@@ -121,6 +207,35 @@ impl Conn {
         }
     }
 
+    /// An offloaded job finished: its reply takes its place in the order, and every
+    /// reply now ready is moved to the unsent buffer. False if `id` is not ours.
+    pub fn completed(&mut self, id: u64, reply: Vec<u8>) -> bool {
+        let Some(slot) = self
+            .out
+            .queue
+            .iter_mut()
+            .find(|p| matches!(p, Pending::Job(j) if *j == id))
+        else {
+            return false;
+        };
+        self.out.queued += reply.len();
+        self.out.jobs -= 1;
+        *slot = Pending::Bytes(reply);
+        while let Some(Pending::Bytes(_)) = self.out.queue.front() {
+            if let Some(Pending::Bytes(b)) = self.out.queue.pop_front() {
+                self.out.queued -= b.len();
+                self.out.buf.extend_from_slice(&b);
+            }
+        }
+        self.last_progress = Instant::now();
+        true
+    }
+
+    /// Whether replies are still owed (unsent, or waiting on an offloaded job).
+    pub fn owes(&self) -> bool {
+        !self.unsent().is_empty() || !self.out.queue.is_empty()
+    }
+
     /// Replies waiting to be written.
     pub fn unsent(&self) -> &[u8] {
         &self.out.buf[self.out.sent..]
@@ -135,8 +250,8 @@ impl Conn {
         if self.out.sent == self.out.buf.len() {
             self.out.buf.clear();
             self.out.sent = 0;
-            if self.out.buf.capacity() > 2 * READ_SIZE {
-                self.out.buf.shrink_to(2 * READ_SIZE);
+            if self.out.buf.capacity() > KEEP_CAPACITY {
+                self.out.buf = Vec::new();
             }
         } else if self.out.sent > OUT_LIMIT / 2 {
             self.out.buf.drain(..self.out.sent);
@@ -156,14 +271,15 @@ impl Conn {
         if let Some(idle) = self.idle_timeout
             && now.duration_since(self.last_progress) >= idle
             && !matches!(self.phase, Phase::Linger(_))
+            && self.out.jobs == 0
         {
             tracing::info!("closing an idle connection (--idle-timeout)");
             return Step::Close;
         }
         match self.phase {
             Phase::Open => Step::Wait,
-            Phase::Eof if self.unsent().is_empty() => Step::Close,
-            Phase::Flush if self.unsent().is_empty() => {
+            Phase::Eof if !self.owes() => Step::Close,
+            Phase::Flush if !self.owes() => {
                 self.phase = Phase::Linger(now + LINGER);
                 Step::ShutdownWrite
             }
@@ -205,6 +321,60 @@ impl Conn {
             absorb(socket.write(self.unsent()).map(|n| self.sent(n)))?;
         }
         Ok(self.step(now))
+    }
+
+    /// [`Conn::pump`] for an edge-triggered loop (epoll via mio, reuseport): an
+    /// edge says only that something changed, so the loop keeps `hints` of what
+    /// the socket may allow and this reads and writes until the socket would
+    /// block, the connection wants nothing more, or [`DRIVE_ROUNDS`] reads and
+    /// writes were done (fairness: one busy client cannot hold the loop). A read
+    /// shorter than `buf` drained the socket (TCP), so no extra read is spent
+    /// to find EAGAIN. Returns the next step and whether work is left for another
+    /// turn (the loop must come back without waiting for an edge).
+    pub fn drive(
+        &mut self,
+        mut socket: impl Read + Write,
+        hints: &mut Hints,
+        buf: &mut [u8],
+        now: Instant,
+    ) -> io::Result<(Step, bool)> {
+        for _ in 0..DRIVE_ROUNDS {
+            let mut progressed = false;
+            if hints.readable && self.wants_read() {
+                match socket.read(buf) {
+                    Ok(0) => {
+                        hints.readable = false;
+                        self.received_eof();
+                        progressed = true;
+                    }
+                    Ok(n) => {
+                        hints.readable = n == buf.len() || hints.read_closed;
+                        self.received(&buf[..n]);
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => hints.readable = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progressed = true,
+                    Err(e) => return Err(e),
+                }
+            }
+            if hints.writable && self.wants_write() {
+                match socket.write(self.unsent()) {
+                    Ok(n) => {
+                        self.sent(n);
+                        hints.writable = !self.wants_write();
+                        progressed |= n > 0;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => hints.writable = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progressed = true,
+                    Err(e) => return Err(e),
+                }
+            }
+            if !progressed {
+                return Ok((self.step(now), false));
+            }
+        }
+        let more = (hints.readable && self.wants_read()) || (hints.writable && self.wants_write());
+        Ok((self.step(now), more))
     }
 
     /// The latest instant the loop must wake for this connection, if any.

@@ -23,6 +23,7 @@ pub mod accept;
 pub mod blocking_conn;
 pub mod conn;
 pub mod listener;
+pub mod offload;
 pub mod shutdown;
 
 pub use shutdown::Shutdown;
@@ -63,6 +64,8 @@ pub enum Model {
     Select,
     /// tokio, the asyncio of Rust: one task per client on `--workers` threads.
     Async,
+    /// One thread, an epoll readiness loop (kqueue on BSD/macOS) via mio.
+    Epoll,
 }
 
 impl Model {
@@ -74,6 +77,7 @@ impl Model {
             Model::Processes => "processes",
             Model::Select => "select",
             Model::Async => "async",
+            Model::Epoll => "epoll",
         }
     }
 
@@ -86,7 +90,13 @@ impl Model {
             Model::Processes => models::processes::run,
             Model::Select => models::select::run,
             Model::Async => models::async_::run,
+            Model::Epoll => models::epoll::run,
         }
+    }
+
+    /// Whether the model is an event loop, where `--offload` means something.
+    pub fn is_event_loop(self) -> bool {
+        matches!(self, Model::Select | Model::Async | Model::Epoll)
     }
 
     /// Whether this OS or kernel can run the model; the error is the user's to fix.
@@ -123,7 +133,9 @@ pub struct ServeArgs {
     /// `[::]:25000` (IPv6) to listen on every interface, as the talk's ('', 25000) does
     #[arg(long, default_value = "127.0.0.1:25000")]
     pub addr: String,
-    /// Worker threads for the async model [default: number of cores]
+    /// Threads (or processes) for the models with a fixed number: async, reuseport
+    /// (event loops), threadpool, prefork, and the --offload pool [default: number
+    /// of cores]
     #[arg(long)]
     pub workers: Option<usize>,
     /// Echo reply prefix; --prefix '' gives plain echo (RFC 862)
@@ -139,6 +151,11 @@ pub struct ServeArgs {
     /// echo, as in the talk; 60 for fib]
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<f64>,
+    /// Event-loop models (select, epoll, async, uring, reuseport): compute fib on a
+    /// pool of --workers threads instead of inline, so other clients keep being
+    /// served; replies on a connection stay in request order
+    #[arg(long)]
+    pub offload: bool,
     /// -v logs each connection (the talk's "Connection from ..."), -vv debug
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -156,6 +173,8 @@ pub struct ServeConfig {
     pub idle_timeout: Option<Duration>,
     /// How long replies already owed may take after SIGINT/SIGTERM.
     pub grace: Duration,
+    /// Event loops hand fib to a pool of `workers` threads (`--offload`).
+    pub offload: bool,
 }
 
 impl ServeConfig {
@@ -193,6 +212,13 @@ impl ServeConfig {
             )));
         }
         let idle_timeout = (idle_secs > 0.0).then(|| Duration::from_secs_f64(idle_secs));
+        if args.offload && !args.model.is_event_loop() {
+            return Err(bad_input(format!(
+                "--offload is for event-loop models (select, epoll, async, uring, reuseport); \
+                 {} already computes fib off the accept loop",
+                args.model.name()
+            )));
+        }
         Ok(ServeConfig {
             model: args.model,
             service,
@@ -200,6 +226,7 @@ impl ServeConfig {
             max_conns: args.max_conns,
             idle_timeout,
             grace: GRACE,
+            offload: args.offload,
         })
     }
 }
@@ -228,6 +255,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     (cfg.model.runner())(listener, &cfg, shutdown)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The worker pool for `--offload`, if asked for (`--workers` threads).
+pub fn offload_pool(cfg: &ServeConfig) -> Result<Option<offload::Pool>> {
+    if !cfg.offload {
+        return Ok(None);
+    }
+    offload::Pool::new(cfg.workers)
+        .map(Some)
+        .context("starting the offload worker threads")
 }
 
 /// The talk's per-connection log lines, shared so every model prints the same.
@@ -345,6 +382,8 @@ mod tests {
             &["--model", "async", "--service", "fib", "--workers", "0"][..],
             &["--model", "async", "--service", "fib", "--max-conns", "0"],
             &["--model", "async", "--service", "fib", "--max-n", "99"],
+            &["--model", "threads", "--service", "fib", "--offload"],
+            &["--model", "blocking", "--service", "echo", "--offload"],
             &["--model", "async", "--service", "fib", "--idle-timeout=-1"],
             &[
                 "--model",

@@ -11,7 +11,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Every model `concur serve --model` accepts.
-pub const MODELS: &[&str] = &["blocking", "threads", "processes", "select", "async"];
+pub const MODELS: &[&str] = &[
+    "blocking",
+    "threads",
+    "processes",
+    "select",
+    "async",
+    "epoll",
+];
 
 /// Models that serve one client at a time.
 pub fn one_at_a_time(model: &str) -> bool {
