@@ -8,4 +8,5 @@ pub mod blocking;
 pub mod epoll;
 pub mod processes;
 pub mod select;
+pub mod threadpool;
 pub mod threads;

@@ -66,6 +66,8 @@ pub enum Model {
     Async,
     /// One thread, an epoll readiness loop (kqueue on BSD/macOS) via mio.
     Epoll,
+    /// A fixed pool of `--workers` threads serving clients from a bounded queue.
+    Threadpool,
 }
 
 impl Model {
@@ -78,6 +80,7 @@ impl Model {
             Model::Select => "select",
             Model::Async => "async",
             Model::Epoll => "epoll",
+            Model::Threadpool => "threadpool",
         }
     }
 
@@ -91,6 +94,16 @@ impl Model {
             Model::Select => models::select::run,
             Model::Async => models::async_::run,
             Model::Epoll => models::epoll::run,
+            Model::Threadpool => models::threadpool::run,
+        }
+    }
+
+    /// `--workers` when not given: one per core, except for the models whose
+    /// workers block on one client each (threadpool, prefork): 8 per core.
+    pub fn default_workers(self) -> usize {
+        match self {
+            Model::Threadpool => 8 * crate::sys::cores(),
+            _ => crate::sys::cores(),
         }
     }
 
@@ -135,7 +148,7 @@ pub struct ServeArgs {
     pub addr: String,
     /// Threads (or processes) for the models with a fixed number: async, reuseport
     /// (event loops), threadpool, prefork, and the --offload pool [default: number
-    /// of cores]
+    /// of cores; 8 per core for threadpool and prefork]
     #[arg(long)]
     pub workers: Option<usize>,
     /// Echo reply prefix; --prefix '' gives plain echo (RFC 862)
@@ -197,7 +210,7 @@ impl ServeConfig {
         let workers = match args.workers {
             Some(0) => return Err(bad_input("--workers must be at least 1")),
             Some(n) => n,
-            None => crate::sys::cores(),
+            None => args.model.default_workers(),
         };
         if args.max_conns == 0 {
             return Err(bad_input("--max-conns must be at least 1"));
