@@ -7,6 +7,7 @@ pub mod async_;
 pub mod blocking;
 pub mod epoll;
 pub mod processes;
+pub mod reuseport;
 pub mod select;
 pub mod threadpool;
 pub mod threads;

@@ -13,6 +13,12 @@ pub const BACKLOG: i32 = 1024;
 /// Bind `addr` (`HOST:PORT`; port 0 picks a free port) and listen. The listener is
 /// non-blocking: every model waits for readiness before accepting.
 pub fn bind(addr: &str) -> Result<TcpListener> {
+    bind_with(addr, false)
+}
+
+/// [`bind`], with SO_REUSEPORT if `reuse_port` (the `reuseport` model binds more
+/// listeners to the same address afterwards, see [`bind_reuseport`]).
+pub fn bind_with(addr: &str, reuse_port: bool) -> Result<TcpListener> {
     let resolved: Vec<SocketAddr> = addr
         .to_socket_addrs()
         .map_err(|e| {
@@ -26,7 +32,7 @@ pub fn bind(addr: &str) -> Result<TcpListener> {
     };
     let mut last_err = None;
     for sa in std::iter::once(first).chain(resolved.iter().skip(1)) {
-        match bind_one(*sa) {
+        match bind_one(*sa, reuse_port) {
             Ok(l) => return Ok(l),
             Err(e) => last_err = Some((*sa, e)),
         }
@@ -43,9 +49,17 @@ pub fn bind(addr: &str) -> Result<TcpListener> {
     Err(bad_input(format!("cannot listen on {sa}: {e}{hint}")))
 }
 
-fn bind_one(sa: SocketAddr) -> std::io::Result<TcpListener> {
+/// Another listener on an address already bound with SO_REUSEPORT.
+pub fn bind_reuseport(sa: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_one(sa, true)
+}
+
+fn bind_one(sa: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(sa), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&sa.into())?;
     socket.listen(BACKLOG)?;
     socket.set_nonblocking(true)?;
@@ -70,6 +84,20 @@ mod tests {
         let err = bind(&addr).unwrap_err();
         assert_eq!(exit_code(&err), 2);
         assert!(err.to_string().contains("cannot listen"), "{err}");
+    }
+
+    #[test]
+    fn reuseport_listeners_share_a_port() {
+        let first = bind_with("127.0.0.1:0", true).unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = bind_reuseport(addr).unwrap();
+        assert_eq!(second.local_addr().unwrap(), addr);
+        let err = bind(&addr.to_string()).unwrap_err();
+        assert_eq!(
+            exit_code(&err),
+            2,
+            "a plain bind must still see the port busy"
+        );
     }
 
     #[test]

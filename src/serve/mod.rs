@@ -68,6 +68,8 @@ pub enum Model {
     Epoll,
     /// A fixed pool of `--workers` threads serving clients from a bounded queue.
     Threadpool,
+    /// `--workers` epoll loops, one per core, each with its own SO_REUSEPORT listener.
+    Reuseport,
 }
 
 impl Model {
@@ -81,6 +83,7 @@ impl Model {
             Model::Async => "async",
             Model::Epoll => "epoll",
             Model::Threadpool => "threadpool",
+            Model::Reuseport => "reuseport",
         }
     }
 
@@ -95,6 +98,7 @@ impl Model {
             Model::Async => models::async_::run,
             Model::Epoll => models::epoll::run,
             Model::Threadpool => models::threadpool::run,
+            Model::Reuseport => models::reuseport::run,
         }
     }
 
@@ -109,7 +113,10 @@ impl Model {
 
     /// Whether the model is an event loop, where `--offload` means something.
     pub fn is_event_loop(self) -> bool {
-        matches!(self, Model::Select | Model::Async | Model::Epoll)
+        matches!(
+            self,
+            Model::Select | Model::Async | Model::Epoll | Model::Reuseport
+        )
     }
 
     /// Whether this OS or kernel can run the model; the error is the user's to fix.
@@ -253,7 +260,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         tracing::warn!("cannot raise the descriptor limit: {e}");
     }
     let shutdown = Shutdown::install().context("installing SIGINT/SIGTERM handlers")?;
-    let listener = listener::bind(&args.addr)?;
+    let listener = listener::bind_with(&args.addr, cfg.model == Model::Reuseport)?;
     let local = listener.local_addr().context("reading the bound address")?;
     let mut out = std::io::stdout().lock();
     writeln!(
