@@ -546,3 +546,37 @@ fn empty_prefix_is_plain_echo() {
     s.shutdown(Shutdown::Write).unwrap();
     assert!(read_to_eof(&mut s) == data);
 }
+
+/// prefork: workers killed mid-client are replaced, and the places they held under
+/// `--max-conns` are freed.
+#[test]
+fn prefork_replaces_dead_workers() {
+    let server = Server::start("prefork", "fib", &["--workers", "2", "--max-conns", "2"]);
+    let mut held = server.connect();
+    held.write_all(b"5\n").unwrap();
+    assert_eq!(read_n(&mut held, 2), b"5\n");
+    let before = concur::sys::children(server.pid);
+    assert_eq!(before.len(), 2, "{before:?}");
+    for kid in &before {
+        // SAFETY: kill(2) on the server's child.
+        unsafe { libc::kill(*kid as libc::pid_t, libc::SIGKILL) };
+    }
+    let mut buf = [0u8; 8];
+    assert!(matches!(held.read(&mut buf), Ok(0) | Err(_)));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = concur::sys::children(server.pid);
+        if now.len() == 2 && now.iter().all(|p| !before.contains(p)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "workers not replaced: {now:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Both places are free again: two clients at once are served.
+    let mut a = server.connect();
+    let mut b = server.connect();
+    for s in [&mut a, &mut b] {
+        s.write_all(b"7\n").unwrap();
+        assert_eq!(read_n(s, 3), b"13\n");
+    }
+}

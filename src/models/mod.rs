@@ -6,6 +6,7 @@
 pub mod async_;
 pub mod blocking;
 pub mod epoll;
+pub mod prefork;
 pub mod processes;
 pub mod reuseport;
 pub mod select;

@@ -26,36 +26,103 @@ pub const BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct Gate {
     max: usize,
-    live: Arc<AtomicUsize>,
+    live: Count,
     refused: Arc<AtomicU64>,
+}
+
+/// Where a gate counts: in this process, or in memory shared by forked processes.
+#[derive(Debug, Clone)]
+enum Count {
+    Local(Arc<AtomicUsize>),
+    /// One slot per process (`prefork`): a process counts in its own slot, the total
+    /// is the sum, and a parent can zero the slot of a child that died.
+    Shared {
+        slots: &'static [AtomicUsize],
+        mine: usize,
+    },
+}
+
+impl Count {
+    fn mine(&self) -> &AtomicUsize {
+        match self {
+            Count::Local(c) => c,
+            Count::Shared { slots, mine } => &slots[*mine],
+        }
+    }
+
+    fn total(&self) -> usize {
+        match self {
+            Count::Local(c) => c.load(Ordering::SeqCst),
+            Count::Shared { slots, .. } => slots.iter().map(|s| s.load(Ordering::SeqCst)).sum(),
+        }
+    }
 }
 
 /// One admitted connection; dropping it frees its place under `--max-conns`.
 #[derive(Debug)]
 pub struct ConnToken {
-    live: Arc<AtomicUsize>,
+    live: Count,
 }
 
 impl Drop for ConnToken {
     fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::AcqRel);
+        self.live.mine().fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// `n` counters in anonymous shared memory, inherited by forked children, zeroed.
+/// The mapping lives as long as the process.
+pub fn shared_slots(n: usize) -> io::Result<&'static [AtomicUsize]> {
+    let len = n.max(1) * std::mem::size_of::<AtomicUsize>();
+    // SAFETY: an anonymous shared mapping with no address hint; checked below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the mapping is zeroed, page-aligned, `len` bytes long and never
+    // unmapped; zero is a valid AtomicUsize.
+    Ok(unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicUsize>(), n.max(1)) })
 }
 
 impl Gate {
     pub fn new(max: usize) -> Gate {
         Gate {
             max,
-            live: Arc::new(AtomicUsize::new(0)),
+            live: Count::Local(Arc::new(AtomicUsize::new(0))),
+            refused: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A gate counting in `slots[mine]` against the total over all `slots`
+    /// (see [`shared_slots`]).
+    pub fn shared(max: usize, slots: &'static [AtomicUsize], mine: usize) -> Gate {
+        Gate {
+            max,
+            live: Count::Shared { slots, mine },
             refused: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// Admit a new client, or log and count its refusal (the caller drops it).
     pub fn admit(&self, addr: &SocketAddr) -> Option<ConnToken> {
-        let live = self.live.fetch_add(1, Ordering::AcqRel);
+        // Count ourselves in first, then look at the total: two processes admitting
+        // at once may both refuse, but never both get in past the limit.
+        let before = self.live.mine().fetch_add(1, Ordering::SeqCst);
         let token = ConnToken {
             live: self.live.clone(),
+        };
+        let live = match &self.live {
+            Count::Local(_) => before,
+            Count::Shared { .. } => self.live.total() - 1,
         };
         if live < self.max {
             return Some(token);
@@ -71,7 +138,7 @@ impl Gate {
 
     /// Connections open now.
     pub fn live(&self) -> usize {
-        self.live.load(Ordering::Acquire)
+        self.live.total()
     }
 
     /// Block until every connection has closed or `deadline` passes; true if all closed.
@@ -222,10 +289,20 @@ impl<'a> Acceptor<'a> {
         max_conns: usize,
         tick: Option<Duration>,
     ) -> Self {
+        Acceptor::with_gate(listener, shutdown, Gate::new(max_conns), tick)
+    }
+
+    /// [`Acceptor::new`] with a gate of the caller's (shared between processes, say).
+    pub fn with_gate(
+        listener: &'a TcpListener,
+        shutdown: &'a Shutdown,
+        gate: Gate,
+        tick: Option<Duration>,
+    ) -> Self {
         Acceptor {
             listener,
             shutdown,
-            gate: Gate::new(max_conns),
+            gate,
             tick,
         }
     }
@@ -283,6 +360,21 @@ mod tests {
         assert_eq!(gate.live(), 2);
         drop(a);
         assert!(gate.admit(&addr).is_some());
+    }
+
+    #[test]
+    fn shared_gate_counts_over_every_slot() {
+        let slots = shared_slots(3).unwrap();
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let a = Gate::shared(2, slots, 0);
+        let b = Gate::shared(2, slots, 1);
+        let _one = a.admit(&addr).unwrap();
+        let two = b.admit(&addr).unwrap();
+        assert!(Gate::shared(2, slots, 2).admit(&addr).is_none());
+        assert_eq!(a.live(), 2);
+        drop(two);
+        assert_eq!(slots[1].load(Ordering::SeqCst), 0);
+        assert!(b.admit(&addr).is_some());
     }
 
     #[test]

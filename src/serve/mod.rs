@@ -70,6 +70,8 @@ pub enum Model {
     Threadpool,
     /// `--workers` epoll loops, one per core, each with its own SO_REUSEPORT listener.
     Reuseport,
+    /// `--workers` pre-forked processes accepting on the shared listener (Apache).
+    Prefork,
 }
 
 impl Model {
@@ -84,6 +86,7 @@ impl Model {
             Model::Epoll => "epoll",
             Model::Threadpool => "threadpool",
             Model::Reuseport => "reuseport",
+            Model::Prefork => "prefork",
         }
     }
 
@@ -99,6 +102,7 @@ impl Model {
             Model::Epoll => models::epoll::run,
             Model::Threadpool => models::threadpool::run,
             Model::Reuseport => models::reuseport::run,
+            Model::Prefork => models::prefork::run,
         }
     }
 
@@ -106,7 +110,7 @@ impl Model {
     /// workers block on one client each (threadpool, prefork): 8 per core.
     pub fn default_workers(self) -> usize {
         match self {
-            Model::Threadpool => 8 * crate::sys::cores(),
+            Model::Threadpool | Model::Prefork => 8 * crate::sys::cores(),
             _ => crate::sys::cores(),
         }
     }
