@@ -12,3 +12,4 @@ pub mod reuseport;
 pub mod select;
 pub mod threadpool;
 pub mod threads;
+pub mod uring;

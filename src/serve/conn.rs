@@ -259,6 +259,20 @@ impl Conn {
         }
     }
 
+    /// Bytes moved on (a completion-based loop confirms a send it took earlier).
+    pub fn progressed(&mut self, now: Instant) {
+        self.last_progress = now;
+    }
+
+    /// Whether the idle timeout has passed with no progress (and no job running).
+    pub fn idle_expired(&self, now: Instant) -> bool {
+        self.idle_timeout.is_some_and(|idle| {
+            now.duration_since(self.last_progress) >= idle
+                && !matches!(self.phase, Phase::Linger(_))
+                && self.out.jobs == 0
+        })
+    }
+
     /// Shutdown requested: stop reading, send what is owed, close.
     pub fn stop(&mut self) {
         if self.phase == Phase::Open {
@@ -268,11 +282,7 @@ impl Conn {
 
     /// After I/O (or a timeout), what the loop should do with the socket.
     pub fn step(&mut self, now: Instant) -> Step {
-        if let Some(idle) = self.idle_timeout
-            && now.duration_since(self.last_progress) >= idle
-            && !matches!(self.phase, Phase::Linger(_))
-            && self.out.jobs == 0
-        {
+        if self.idle_expired(now) {
             tracing::info!("closing an idle connection (--idle-timeout)");
             return Step::Close;
         }

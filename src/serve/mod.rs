@@ -72,6 +72,8 @@ pub enum Model {
     Reuseport,
     /// `--workers` pre-forked processes accepting on the shared listener (Apache).
     Prefork,
+    /// One thread, a completion loop on io_uring (Linux's IOCP).
+    Uring,
 }
 
 impl Model {
@@ -87,6 +89,7 @@ impl Model {
             Model::Threadpool => "threadpool",
             Model::Reuseport => "reuseport",
             Model::Prefork => "prefork",
+            Model::Uring => "uring",
         }
     }
 
@@ -103,6 +106,7 @@ impl Model {
             Model::Threadpool => models::threadpool::run,
             Model::Reuseport => models::reuseport::run,
             Model::Prefork => models::prefork::run,
+            Model::Uring => models::uring::run,
         }
     }
 
@@ -119,7 +123,7 @@ impl Model {
     pub fn is_event_loop(self) -> bool {
         matches!(
             self,
-            Model::Select | Model::Async | Model::Epoll | Model::Reuseport
+            Model::Select | Model::Async | Model::Epoll | Model::Reuseport | Model::Uring
         )
     }
 
@@ -129,6 +133,13 @@ impl Model {
             return Err(bad_input(format!(
                 "model {} needs Linux (it reads /proc and uses Linux socket semantics)",
                 self.name()
+            )));
+        }
+        if self == Model::Uring
+            && let Err(e) = crate::models::uring::available()
+        {
+            return Err(bad_input(format!(
+                "io_uring is not available on this kernel: {e}"
             )));
         }
         Ok(())

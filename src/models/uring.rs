@@ -1,0 +1,476 @@
+//! `uring`: one thread, a completion loop on io_uring, Linux's counterpart of
+//! Windows' IOCP (the talk's third scalable mechanism).
+//!
+//! ```python
+//! submit(accept(listener))
+//! while True:
+//!     for done in wait_for_completions():      # not "ready", but "finished"
+//!         if done.op == accept: submit(recv(done.client)); submit(accept(listener))
+//!         if done.op == recv:   feed(done.data); submit(send(replies)); submit(recv(...))
+//!         if done.op == send:   submit(send(rest)) or nothing
+//! ```
+//!
+//! `select` and `epoll` ask "which sockets are ready?" and then do the reads and
+//! writes themselves, one system call each. Here the loop hands the kernel the
+//! operations themselves (accept, recv, send) in a shared submission ring and later
+//! reaps their results from a completion ring: one io_uring_enter(2) per turn
+//! submits every new operation and waits for the next results, however many.
+//!
+//! Memory: a recv in flight needs a buffer, and an idle client always has a recv in
+//! flight, so a per-client buffer would cost 16 KiB per idle connection. Instead the
+//! recvs take their buffer from a group the loop provides
+//! (IORING_OP_PROVIDE_BUFFERS, [`BUFFERS`] x 16 KiB, touched only as used): the
+//! kernel picks one only when data arrives, and the loop gives it back as soon as
+//! the data is fed to the protocol. A send's bytes must stay put until it completes,
+//! so they are moved out of the [`Conn`] into the client's own buffer (kept if
+//! small, freed if not), and the client is never closed with an operation in flight:
+//! closing cancels its recv first.
+//!
+//! fib runs inline on the loop's thread, as in the talk, unless `--offload`.
+//!
+//! If the kernel refuses io_uring (too old, or disabled: ENOSYS, EPERM), the model
+//! exits with status 2 and says so ([`available`]).
+//!
+//! Cost per connection: the [`Conn`], the client entry and its small send buffer: a
+//! few hundred bytes while idle, plus the kernel's internal poll entry for the recv
+//! in flight. Ceiling: the descriptor limit and `--max-conns`.
+
+use crate::serve::accept::{ConnToken, Gate, after_accept_error};
+use crate::serve::conn::{Conn, READ_SIZE, Step};
+use crate::serve::offload::Mailbox;
+use crate::serve::{ServeConfig, Shutdown, log_closed, log_io_error, log_open};
+use anyhow::Context;
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use std::collections::HashMap;
+use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::time::{Duration, Instant};
+
+/// Submission ring entries (the completion ring has twice as many; the kernel
+/// keeps overflowing completions rather than dropping them).
+const ENTRIES: u32 = 1024;
+
+/// Receive buffers in the provided group, READ_SIZE each.
+pub const BUFFERS: u16 = 128;
+const GROUP: u16 = 1;
+
+/// How often deadlines (idle timeout, linger, accept back-off) are checked.
+const SWEEP: Duration = Duration::from_millis(100);
+
+// user_data: key << 3 | op. Loop-wide operations have key 0.
+const OP_ACCEPT: u64 = 1;
+const OP_SHUTDOWN: u64 = 2;
+const OP_MAILBOX: u64 = 3;
+const OP_TICK: u64 = 4;
+const OP_IGNORE: u64 = 5; // buffer returns, cancellations
+const OP_RECV: u64 = 6;
+const OP_SEND: u64 = 7;
+
+/// A send buffer up to this capacity is kept for the next send; a larger one is freed.
+const KEEP_CAPACITY: usize = 1024;
+
+/// Whether this kernel lets us use io_uring; the error says why not.
+pub fn available() -> std::io::Result<()> {
+    IoUring::new(2).map(drop)
+}
+
+struct Client {
+    stream: TcpStream,
+    addr: SocketAddr,
+    conn: Conn,
+    recv_in_flight: bool,
+    /// Bytes handed to a send, from `send_off` on not yet confirmed sent.
+    sending: Vec<u8>,
+    send_off: usize,
+    send_in_flight: bool,
+    /// Closing: waiting for the operations in flight to finish before closing.
+    closing: bool,
+    _token: ConnToken,
+}
+
+struct Ring {
+    ring: IoUring,
+}
+
+impl Ring {
+    fn push(&mut self, entry: squeue::Entry) -> std::io::Result<()> {
+        loop {
+            // SAFETY: every buffer an entry points to outlives the operation: the
+            // provided buffers live as long as the loop (and are leaked at the end),
+            // a send's bytes live in its client until the send completes, and the
+            // timeout's timespec is copied by the kernel at submission.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+}
+
+fn ud(key: usize, op: u64) -> u64 {
+    ((key as u64) << 3) | op
+}
+
+pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let ring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(ENTRIES)
+        .or_else(|_| IoUring::new(ENTRIES))
+        .map_err(|e| {
+            crate::error::bad_input(format!("io_uring is not available on this kernel: {e}"))
+        })?;
+    let mut ring = Ring { ring };
+    // io_uring waits for a blocking socket itself; a non-blocking one could make
+    // older kernels return EAGAIN instead.
+    listener
+        .set_nonblocking(false)
+        .context("making the listener blocking")?;
+    let pool = crate::serve::offload_pool(cfg)?;
+    let mailbox = match pool {
+        Some(_) => Some(Mailbox::new().context("creating the offload eventfd")?),
+        None => None,
+    };
+    let gate = Gate::new(cfg.max_conns);
+    let buffers = vec![0u8; BUFFERS as usize * READ_SIZE].into_boxed_slice();
+    let base = Box::leak(buffers).as_mut_ptr(); // the kernel may hold it to the very end
+    let tick = types::Timespec::from(SWEEP);
+
+    ring.push(
+        opcode::ProvideBuffers::new(base, READ_SIZE as i32, BUFFERS, GROUP, 0)
+            .build()
+            .user_data(ud(0, OP_IGNORE)),
+    )?;
+    ring.push(
+        opcode::PollAdd::new(types::Fd(shutdown.raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(ud(0, OP_SHUTDOWN)),
+    )?;
+    let accept = opcode::Accept::new(
+        types::Fd(listener.as_raw_fd()),
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    )
+    .flags(libc::SOCK_CLOEXEC)
+    .build()
+    .user_data(ud(0, OP_ACCEPT));
+    ring.push(accept.clone())?;
+    ring.push(
+        opcode::Timeout::new(&tick)
+            .build()
+            .user_data(ud(0, OP_TICK)),
+    )?;
+    if let Some(m) = &mailbox {
+        ring.push(
+            opcode::PollAdd::new(types::Fd(m.fd().as_raw_fd()), libc::POLLIN as u32)
+                .build()
+                .user_data(ud(0, OP_MAILBOX)),
+        )?;
+    }
+
+    let mut clients: HashMap<usize, Client> = HashMap::new();
+    let mut next_key = 1usize;
+    let mut accept_paused_until: Option<Instant> = None;
+    let mut stopping_at: Option<Instant> = None;
+    let mut done: Vec<(u64, i32, u32)> = Vec::with_capacity(ENTRIES as usize);
+    let mut touched: Vec<usize> = Vec::new();
+    loop {
+        match ring.ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) => {}
+            Err(e) => return Err(e).context("io_uring_enter"),
+        }
+        done.clear();
+        done.extend(
+            ring.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        let now = Instant::now();
+        for &(data, res, flags) in &done {
+            let key = (data >> 3) as usize;
+            match data & 7 {
+                OP_SHUTDOWN if stopping_at.is_none() => {
+                    stopping_at = Some(now + cfg.grace);
+                    ring.push(
+                        opcode::AsyncCancel::new(ud(0, OP_ACCEPT))
+                            .build()
+                            .user_data(ud(0, OP_IGNORE)),
+                    )?;
+                    for (key, c) in clients.iter_mut() {
+                        c.conn.stop();
+                        touched.push(*key);
+                    }
+                }
+                OP_ACCEPT => {
+                    if res >= 0 {
+                        // SAFETY: a successful accept returns a new descriptor we own.
+                        let stream = unsafe { TcpStream::from_raw_fd(res) };
+                        if let Some((stream, addr, token)) =
+                            admit(stream, &gate, stopping_at.is_some())
+                        {
+                            let key_now = next_key;
+                            next_key += 1;
+                            log_open(&addr);
+                            let offload = pool
+                                .as_ref()
+                                .zip(mailbox.as_ref())
+                                .map(|(p, m)| p.handle(m, key_now));
+                            clients.insert(
+                                key_now,
+                                Client {
+                                    stream,
+                                    addr,
+                                    conn: Conn::with_offload(
+                                        cfg.service.session(),
+                                        cfg.idle_timeout,
+                                        offload,
+                                    ),
+                                    recv_in_flight: false,
+                                    sending: Vec::new(),
+                                    send_off: 0,
+                                    send_in_flight: false,
+                                    closing: false,
+                                    _token: token,
+                                },
+                            );
+                            touched.push(key_now);
+                        }
+                    } else if res != -libc::ECANCELED
+                        && let Some(pause) =
+                            after_accept_error(&std::io::Error::from_raw_os_error(-res))
+                    {
+                        accept_paused_until = Some(now + pause);
+                    }
+                    if stopping_at.is_none() && accept_paused_until.is_none() {
+                        ring.push(accept.clone())?;
+                    }
+                }
+                OP_TICK => {
+                    if accept_paused_until.is_some_and(|t| now >= t) && stopping_at.is_none() {
+                        accept_paused_until = None;
+                        ring.push(accept.clone())?;
+                    }
+                    touched.extend(clients.keys().copied());
+                    ring.push(
+                        opcode::Timeout::new(&tick)
+                            .build()
+                            .user_data(ud(0, OP_TICK)),
+                    )?;
+                }
+                OP_MAILBOX => {
+                    if let Some(m) = &mailbox {
+                        for d in m.take() {
+                            if let Some(c) = clients.get_mut(&d.key)
+                                && c.conn.completed(d.id, d.reply)
+                            {
+                                touched.push(d.key);
+                            }
+                        }
+                        ring.push(
+                            opcode::PollAdd::new(
+                                types::Fd(m.fd().as_raw_fd()),
+                                libc::POLLIN as u32,
+                            )
+                            .build()
+                            .user_data(ud(0, OP_MAILBOX)),
+                        )?;
+                    }
+                }
+                OP_RECV => {
+                    // A buffer the kernel picked goes back to the group whatever happens.
+                    let buf = cqueue::buffer_select(flags).map(|bid| {
+                        // SAFETY: buffer `bid` lies within the leaked allocation and the
+                        // kernel wrote `res` bytes into it; it is ours until given back.
+                        let data = unsafe {
+                            std::slice::from_raw_parts(
+                                base.add(bid as usize * READ_SIZE),
+                                res.max(0) as usize,
+                            )
+                        };
+                        (bid, data)
+                    });
+                    if let Some(c) = clients.get_mut(&key) {
+                        c.recv_in_flight = false;
+                        match res {
+                            0 => c.conn.received_eof(),
+                            n if n > 0 => {
+                                if let Some((_, data)) = buf {
+                                    c.conn.received(data);
+                                }
+                            }
+                            e if matches!(
+                                -e,
+                                libc::ENOBUFS | libc::ECANCELED | libc::EINTR | libc::EAGAIN
+                            ) => {}
+                            e => fail(c, e),
+                        }
+                        touched.push(key);
+                    }
+                    if let Some((bid, _)) = buf {
+                        // SAFETY (pointer arithmetic): within the leaked allocation.
+                        let at = unsafe { base.add(bid as usize * READ_SIZE) };
+                        ring.push(
+                            opcode::ProvideBuffers::new(at, READ_SIZE as i32, 1, GROUP, bid)
+                                .build()
+                                .user_data(ud(0, OP_IGNORE)),
+                        )?;
+                    }
+                }
+                OP_SEND => {
+                    if let Some(c) = clients.get_mut(&key) {
+                        c.send_in_flight = false;
+                        match res {
+                            n if n >= 0 => {
+                                c.send_off += n as usize;
+                                c.conn.progressed(now); // for the idle timeout
+                            }
+                            e if matches!(-e, libc::EINTR | libc::EAGAIN) => {}
+                            e if -e == libc::ECANCELED => c.closing = true,
+                            e => fail(c, e),
+                        }
+                        touched.push(key);
+                    }
+                }
+                _ => {} // OP_IGNORE
+            }
+        }
+
+        touched.sort_unstable();
+        touched.dedup();
+        for key in touched.drain(..) {
+            sync(&mut ring, &mut clients, key, now)?;
+        }
+
+        if let Some(end) = stopping_at
+            && (clients.is_empty() || now >= end)
+        {
+            break;
+        }
+    }
+    // Closing the ring cancels what is still in flight; the clients' send buffers may
+    // be read until then, so they are leaked rather than freed under the kernel.
+    drop(ring);
+    for (_, c) in clients.drain() {
+        std::mem::forget(c.sending);
+    }
+    Ok(())
+}
+
+/// A new descriptor from accept: admitted (with its peer address and token) or
+/// closed here.
+fn admit(
+    stream: TcpStream,
+    gate: &Gate,
+    stopping: bool,
+) -> Option<(TcpStream, SocketAddr, ConnToken)> {
+    if stopping {
+        return None;
+    }
+    let addr = stream.peer_addr().ok()?;
+    let token = gate.admit(&addr)?;
+    let _ = stream.set_nodelay(true);
+    Some((stream, addr, token))
+}
+
+/// An operation failed with `-errno`: log it and close the connection.
+fn fail(c: &mut Client, errno: i32) {
+    log_io_error(&c.addr, &std::io::Error::from_raw_os_error(-errno));
+    c.closing = true;
+}
+
+/// Bring one client's operations in line with what its connection wants: send what
+/// is owed, keep a recv in flight while it wants input, act on its next step, and
+/// close it once nothing is in flight.
+fn sync(
+    ring: &mut Ring,
+    clients: &mut HashMap<usize, Client>,
+    key: usize,
+    now: Instant,
+) -> anyhow::Result<()> {
+    let Some(c) = clients.get_mut(&key) else {
+        return Ok(());
+    };
+    let fd = types::Fd(c.stream.as_raw_fd());
+    if c.send_in_flight && c.conn.idle_expired(now) {
+        tracing::info!("closing an idle connection (--idle-timeout)");
+        c.closing = true; // a client that stopped reading: its send never completes
+    }
+    if !c.closing {
+        for _ in 0..2 {
+            if !c.send_in_flight {
+                if c.send_off == c.sending.len() {
+                    c.sending.clear();
+                    c.send_off = 0;
+                    if c.sending.capacity() > KEEP_CAPACITY {
+                        c.sending = Vec::new();
+                    }
+                    if c.conn.wants_write() {
+                        c.sending.extend_from_slice(c.conn.unsent());
+                        c.conn.sent(c.sending.len());
+                    }
+                }
+                if c.send_off < c.sending.len() {
+                    let rest = &c.sending[c.send_off..];
+                    ring.push(
+                        opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32)
+                            .flags(libc::MSG_NOSIGNAL)
+                            .build()
+                            .user_data(ud(key, OP_SEND)),
+                    )?;
+                    c.send_in_flight = true;
+                }
+            }
+            if !c.recv_in_flight && c.conn.wants_read() {
+                ring.push(
+                    opcode::Recv::new(fd, std::ptr::null_mut(), READ_SIZE as u32)
+                        .buf_group(GROUP)
+                        .build()
+                        .flags(squeue::Flags::BUFFER_SELECT)
+                        .user_data(ud(key, OP_RECV)),
+                )?;
+                c.recv_in_flight = true;
+            }
+            if c.send_in_flight {
+                break;
+            }
+            match c.conn.step(now) {
+                Step::Wait => break,
+                Step::ShutdownWrite => {
+                    // Now lingering: the next round keeps a recv in flight to discard input.
+                    if let Err(e) = c.stream.shutdown(Direction::Write) {
+                        log_io_error(&c.addr, &e);
+                        c.closing = true;
+                        break;
+                    }
+                }
+                Step::Close => {
+                    c.closing = true;
+                    break;
+                }
+            }
+        }
+    }
+    if c.closing {
+        for (op, in_flight) in [(OP_RECV, c.recv_in_flight), (OP_SEND, c.send_in_flight)] {
+            if in_flight {
+                ring.push(
+                    opcode::AsyncCancel::new(ud(key, op))
+                        .build()
+                        .user_data(ud(0, OP_IGNORE)),
+                )?;
+            }
+        }
+        if !c.recv_in_flight
+            && !c.send_in_flight
+            && let Some(c) = clients.remove(&key)
+        {
+            log_closed(&c.addr);
+        }
+    }
+    Ok(())
+}
