@@ -580,3 +580,94 @@ fn prefork_replaces_dead_workers() {
         assert_eq!(read_n(s, 3), b"13\n");
     }
 }
+
+/// The models `--offload` applies to.
+const EVENT_LOOPS: &[&str] = &["select", "epoll", "async", "uring", "reuseport"];
+
+/// One fib(1) round trip on `s`; returns how long it took.
+fn fib1_round_trip(s: &mut std::net::TcpStream) -> Duration {
+    let start = Instant::now();
+    s.write_all(b"1\n").unwrap();
+    assert_eq!(read_n(s, 2), b"1\n");
+    start.elapsed()
+}
+
+/// `--offload`: while one client loops fib(40), another client's fib(1) round trips
+/// stay fast, and replies on one connection keep request order. Without it, the
+/// event loop computes fib(40) inline (~0.25 s or more) and a fib(1) sent meanwhile
+/// waits for it. One worker everywhere (the loop, tokio's runtime, the pool), so the
+/// inline case really has one thread to block. Bounds are generous: "fast" is a
+/// median under 50 ms, "stalled" is a round trip over 100 ms while a fib(40) that
+/// started 30 ms earlier is being computed inline.
+#[test]
+fn offload_keeps_event_loops_responsive() {
+    for model in EVENT_LOOPS {
+        let common = ["--max-n", "40", "--workers", "1"];
+        // With --offload.
+        let server = Server::start(model, "fib", &[&common[..], &["--offload"]].concat());
+        let mut ordered = server.connect();
+        ordered.write_all(b"40\n1\n2\n").unwrap();
+        assert_eq!(
+            read_n(&mut ordered, 14),
+            b"102334155\n1\n1\n",
+            "{model}: order"
+        );
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut trips = std::thread::scope(|scope| {
+            let mut heavy = server.connect();
+            heavy.write_all(b"40\n").unwrap();
+            let stop = &stop;
+            scope.spawn(move || {
+                // Bounded: at most 40 rounds, and the server is killed at the end.
+                for _ in 0..40 {
+                    let mut reply = [0u8; 10];
+                    if heavy.read_exact(&mut reply).is_err()
+                        || stop.load(std::sync::atomic::Ordering::Relaxed)
+                        || heavy.write_all(b"40\n").is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            std::thread::sleep(Duration::from_millis(30));
+            let mut light = server.connect();
+            let trips: Vec<Duration> = (0..20).map(|_| fib1_round_trip(&mut light)).collect();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            trips
+        });
+        drop(server);
+        trips.sort();
+        let median = trips[trips.len() / 2];
+        eprintln!("{model} --offload: fib(1) round trips {trips:?}");
+        assert!(
+            median < Duration::from_millis(50),
+            "{model} --offload: median fib(1) round trip {median:?} while fib(40) runs"
+        );
+
+        // Inline, the talk's behaviour: the loop is busy with fib(40).
+        let server = Server::start(model, "fib", &common);
+        let mut heavy = server.connect();
+        let mut light = server.connect();
+        fib1_round_trip(&mut light); // connected and served before the heavy request
+        heavy.write_all(b"40\n").unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let stalled = fib1_round_trip(&mut light);
+        assert!(
+            stalled > Duration::from_millis(100),
+            "{model}: fib(1) took only {stalled:?} while fib(40) ran inline"
+        );
+        assert_eq!(read_n(&mut heavy, 10), b"102334155\n");
+    }
+}
+
+/// `--offload` means nothing for models that are not event loops: exit 2, one line.
+#[test]
+fn offload_is_refused_outside_event_loops() {
+    for model in ["blocking", "threads", "processes", "threadpool", "prefork"] {
+        let out = concur(&["serve", "--model", model, "--service", "fib", "--offload"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{model}: {err}");
+        assert_eq!(err.lines().count(), 1, "{model}: {err}");
+        assert!(err.contains("--offload"), "{model}: {err}");
+    }
+}

@@ -22,13 +22,18 @@
 //! a long fib holds one worker thread, and every client whose task sits on that
 //! worker's queue waits (with `--workers 1`, every client waits). The talk's lesson.
 //!
+//! `--offload` sends fib to tokio's blocking pool (`spawn_blocking`, at most
+//! `--workers` threads): the task awaits the result, its worker thread serves other
+//! tasks meanwhile, and the replies to one read are written in request order.
+//!
 //! Cost: epoll underneath, one registration per client; memory per idle client is
 //! its task and its 16 KiB read buffer (about 13 KiB resident, measured). Ceiling:
 //! tens of thousands of clients, bounded by the descriptor limit and `--max-conns`
 //! (10,000 by default, reached on the 2-core development machine).
 
-use crate::protocol::Flow;
+use crate::protocol::{Flow, Job, Sink};
 use crate::serve::accept::{ConnToken, Gate, after_accept_error};
+use crate::serve::offload::INLINE_MAX_N;
 use crate::serve::{LINGER, READ_SIZE, ServeConfig, Shutdown, log_closed, log_io_error, log_open};
 use anyhow::Context;
 use std::io;
@@ -46,6 +51,8 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.workers)
+        // --offload: fib goes to spawn_blocking, at most --workers threads of it.
+        .max_blocking_threads(cfg.workers)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
@@ -128,10 +135,56 @@ async fn serve_conn(
             session.eof(&mut out);
             return within(cfg.idle_timeout, stream.write_all(&out)).await;
         }
-        let flow = session.feed(&buf[..n], &mut out);
-        within(cfg.idle_timeout, stream.write_all(&out)).await?;
+        let flow = if cfg.offload {
+            let mut replies = Offloaded::default();
+            let flow = session.feed(&buf[..n], &mut replies);
+            for reply in replies.0 {
+                let bytes = match reply {
+                    Reply::Bytes(b) => b,
+                    Reply::Job(handle) => handle.await.map_err(io::Error::other)?,
+                };
+                within(cfg.idle_timeout, stream.write_all(&bytes)).await?;
+            }
+            flow
+        } else {
+            let flow = session.feed(&buf[..n], &mut out);
+            within(cfg.idle_timeout, stream.write_all(&out)).await?;
+            flow
+        };
         if flow == Flow::Close {
             return linger_close(stream).await;
+        }
+    }
+}
+
+/// One read's replies with `--offload`: bytes, and fib jobs already running on
+/// tokio's blocking pool, written in this order.
+#[derive(Default)]
+struct Offloaded(Vec<Reply>);
+
+enum Reply {
+    Bytes(Vec<u8>),
+    Job(tokio::task::JoinHandle<Vec<u8>>),
+}
+
+impl Sink for Offloaded {
+    fn bytes(&mut self, data: &[u8]) {
+        match self.0.last_mut() {
+            Some(Reply::Bytes(b)) => b.extend_from_slice(data),
+            _ => self.0.push(Reply::Bytes(data.to_vec())),
+        }
+    }
+    fn job(&mut self, job: Job) {
+        let compute = move || {
+            let mut reply = Vec::new();
+            job.run(&mut reply);
+            reply
+        };
+        if job.n <= INLINE_MAX_N {
+            self.bytes(&compute()); // cheaper than the hand-off
+        } else {
+            self.0
+                .push(Reply::Job(tokio::task::spawn_blocking(compute)));
         }
     }
 }

@@ -19,7 +19,8 @@
 //!
 //! fib is computed inline, on the loop's only thread: while one client's fib(40)
 //! runs, no other client is read or written. That is the talk's lesson about event
-//! loops and CPU-bound work.
+//! loops and CPU-bound work. `--offload` hands it to a worker pool instead
+//! ([`crate::serve::offload`]); the pool's eventfd joins the select set.
 //!
 //! Cost: per turn, select copies and scans three bitmaps up to the highest fd, and
 //! this loop walks every client: O(clients) per wake-up. Ceiling: select(2) cannot
@@ -29,7 +30,9 @@
 
 use crate::serve::accept::{Accepted, ConnToken, Gate, try_accept};
 use crate::serve::conn::{Conn, READ_SIZE, Step};
+use crate::serve::offload::Mailbox;
 use crate::serve::{ServeConfig, Shutdown, log_closed, log_io_error, log_open};
+use anyhow::Context;
 use nix::sys::select::{FD_SETSIZE, FdSet, select};
 use nix::sys::time::TimeVal;
 use std::collections::HashMap;
@@ -49,6 +52,11 @@ struct Client {
 
 pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let gate = Gate::new(cfg.max_conns);
+    let pool = crate::serve::offload_pool(cfg)?;
+    let mailbox = match pool {
+        Some(_) => Some(Mailbox::new().context("creating the offload eventfd")?),
+        None => None,
+    };
     let mut clients: HashMap<RawFd, Client> = HashMap::new();
     let mut buf = vec![0u8; READ_SIZE];
     let mut accept_paused_until: Option<Instant> = None;
@@ -70,12 +78,26 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
         if accepting {
             watch.push(listener.as_fd());
         }
+        if let Some(m) = &mailbox {
+            watch.push(m.fd());
+        }
         let (readable, writable) = wait(&watch, &clients, wake)?;
         let now = Instant::now();
 
         if is_in(&readable, shutdown.raw_fd()) && stopping_at.is_none() {
             stopping_at = Some(now + cfg.grace);
             clients.values_mut().for_each(|c| c.conn.stop());
+        }
+        // Finished offloaded jobs: their replies join the unsent buffers, and the
+        // next turn's set of writable sockets.
+        if let Some(m) = &mailbox
+            && is_in(&readable, m.fd().as_raw_fd())
+        {
+            for d in m.take() {
+                if let Some(c) = clients.get_mut(&(d.key as RawFd)) {
+                    c.conn.completed(d.id, d.reply);
+                }
+            }
         }
         if stopping_at.is_none() && is_in(&readable, listener.as_raw_fd()) {
             accept_paused_until = None;
@@ -94,8 +116,13 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
                             continue;
                         }
                         log_open(&c.addr);
-                        let conn = Conn::new(cfg.service.session(), cfg.idle_timeout);
                         let fd = c.stream.as_raw_fd();
+                        let offload = pool
+                            .as_ref()
+                            .zip(mailbox.as_ref())
+                            .map(|(p, m)| p.handle(m, fd as usize));
+                        let conn =
+                            Conn::with_offload(cfg.service.session(), cfg.idle_timeout, offload);
                         let client = Client {
                             stream: c.stream,
                             addr: c.addr,

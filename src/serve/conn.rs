@@ -125,11 +125,16 @@ impl Sink for Outbox {
     }
     fn job(&mut self, job: Job) {
         match &self.offload {
-            None => job.run(&mut self.buf),
-            Some(pool) => {
+            Some(pool) if job.n > offload::INLINE_MAX_N => {
                 let id = pool.submit(job);
                 self.queue.push_back(Pending::Job(id));
                 self.jobs += 1;
+            }
+            _ if self.queue.is_empty() => job.run(&mut self.buf),
+            _ => {
+                let mut reply = Vec::new();
+                job.run(&mut reply);
+                self.bytes(&reply);
             }
         }
     }
@@ -476,6 +481,40 @@ mod tests {
         let now = Instant::now();
         assert_eq!(c.step(now), Step::Wait);
         assert_eq!(c.step(now + Duration::from_secs(6)), Step::Close);
+    }
+
+    #[test]
+    fn offloaded_replies_keep_request_order() {
+        let pool = offload::Pool::new(1).unwrap();
+        let mailbox = offload::Mailbox::new().unwrap();
+        let mut c = Conn::with_offload(
+            ServiceSpec::Fib { max_n: 30 }.session(),
+            None,
+            Some(pool.handle(&mailbox, 1)),
+        );
+        c.received(b"1\n25\n2\nx\n25\n3\n");
+        assert_eq!(c.unsent(), b"1\n", "inline until the first offloaded job");
+        assert!(c.owes());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut done = Vec::new();
+        while done.len() < 2 && Instant::now() < deadline {
+            crate::serve::shutdown::poll_readable(
+                &[mailbox.fd()],
+                Some(Duration::from_millis(100)),
+            );
+            done.extend(mailbox.take());
+        }
+        assert_eq!(done.len(), 2);
+        // Complete them in reverse: nothing moves until the first is in.
+        done.sort_by_key(|d| std::cmp::Reverse(d.id));
+        for d in done {
+            assert!(c.completed(d.id, d.reply));
+        }
+        assert_eq!(
+            c.unsent(),
+            b"1\n75025\n1\nERR not a number: x\n75025\n2\n".as_slice()
+        );
+        assert!(!c.completed(12345, Vec::new()), "an unknown id is ignored");
     }
 
     #[test]

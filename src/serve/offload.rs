@@ -12,6 +12,8 @@
 //!   order; [`super::conn::Conn::completed`] fills it in, so replies on one
 //!   connection still come back in request order.
 //!
+//! Jobs up to fib([`INLINE_MAX_N`]) stay inline: cheaper than the hand-off.
+//!
 //! Job ids are unique for the life of the process, so a reply for a connection that
 //! has gone (and whose key may have been reused) is recognised and dropped.
 
@@ -22,6 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// fib(n) up to this n is computed inline even with `--offload`: it takes a few
+/// microseconds, less than handing it to another thread and back.
+pub const INLINE_MAX_N: u32 = 16;
 
 /// A finished job: the connection's loop key, the job id, the reply bytes.
 #[derive(Debug)]
