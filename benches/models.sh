@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Every `concur serve` model against a minimal C echo server on edge-triggered epoll
+# (benches/reference/echo_epoll.c), side by side in one run:
+#
+#   benches/models.sh                 # 5 s per model; DUR=10 for longer
+#   HOLD=10000 benches/models.sh      # also RSS per idle connection (concur hold)
+#
+# Per model: 64-byte plain echo requests (--prefix ''), 100 connections, closed
+# loop, the server pinned to core 0 (taskset -c 0) and `concur load` to core 1.
+# Reports req/s, p99, and the server's CPU time per request: utime+stime from
+# /proc/PID/stat (plus its children's) read before and after the load run.
+# Ratios are to the C reference in the same run.
+#
+# Needs a concur with `load` and `hold`: this tree's, or CONCUR_LOAD=path/to/concur.
+# Run it on a quiet machine: anything else on cores 0 and 1 shows up in the numbers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DUR=${DUR:-5}
+CONNS=${CONNS:-100}
+SIZE=${SIZE:-64}
+HOLD=${HOLD:-0}
+MODELS=${MODELS:-"reference epoll uring reuseport async select threads threadpool prefork processes"}
+HOLD_MODELS=${HOLD_MODELS:-"reference epoll uring reuseport async"}
+
+cargo build --release --quiet --bin concur
+CONCUR=$PWD/target/release/concur
+LOAD=${CONCUR_LOAD:-$CONCUR}
+if ! "$LOAD" load --help >/dev/null 2>&1; then
+    echo "error: $LOAD has no 'load' command; set CONCUR_LOAD to a concur that has" >&2
+    exit 2
+fi
+REF=$PWD/target/echo_epoll
+cc -O2 -Wall -o "$REF" benches/reference/echo_epoll.c
+
+WORK=$(mktemp -d)
+SERVER=""
+cleanup() {
+    if [ -n "$SERVER" ]; then
+        kill "$SERVER" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+TICKS=$(getconf CLK_TCK)
+
+# CPU ticks of PID, its reaped children and its live children.
+cpu_ticks() {
+    local pid=$1 total kids
+    total=$(awk '{ sub(/.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$pid/stat")
+    for kid in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+        kids=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$kid/stat" 2>/dev/null || echo 0)
+        total=$((total + kids))
+    done
+    echo "$total"
+}
+
+# Start model $1 pinned to core 0; sets SERVER and ADDR.
+start() {
+    local model=$1 out=$WORK/$1.out
+    case $model in
+    reference) taskset -c 0 "$REF" 0 >"$out" 2>/dev/null & ;;
+    # one client per worker: enough workers for every connection
+    threadpool | prefork)
+        taskset -c 0 "$CONCUR" serve --model "$model" --service echo --prefix '' \
+            --addr 127.0.0.1:0 --workers $((CONNS + 28)) >"$out" 2>/dev/null &
+        ;;
+    *)
+        taskset -c 0 "$CONCUR" serve --model "$model" --service echo --prefix '' \
+            --addr 127.0.0.1:0 --workers 1 >"$out" 2>/dev/null &
+        ;;
+    esac
+    SERVER=$!
+    for _ in $(seq 100); do
+        grep -q '^listening on' "$out" 2>/dev/null && break
+        sleep 0.05
+    done
+    ADDR=$(sed -nE 's/^listening on ([^ ]+) .*/\1/p' "$out")
+    [ -n "$ADDR" ] || { echo "error: $model did not start" >&2; exit 1; }
+}
+
+stop() {
+    kill -TERM "$SERVER" 2>/dev/null || true
+    wait "$SERVER" 2>/dev/null || true
+    SERVER=""
+}
+
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $CONNS connections, $SIZE-byte echo, ${DUR} s per model; server on core 0, load on core 1"
+for model in $MODELS; do
+    start "$model"
+    before=$(cpu_ticks "$SERVER")
+    taskset -c 1 "$LOAD" load --addr "$ADDR" --service echo --prefix '' --conns "$CONNS" \
+        --size "$SIZE" --duration "${DUR}s" --json >"$WORK/$model.json" 2>/dev/null || true
+    after=$(cpu_ticks "$SERVER")
+    stop
+    echo "$model $((after - before))" >>"$WORK/cpu"
+done
+
+if [ "$HOLD" -gt 0 ]; then
+    for model in $HOLD_MODELS; do
+        start "$model"
+        "$LOAD" hold --addr "$ADDR" --conns "$HOLD" --duration 2s --prefix '' \
+            --pid "$SERVER" --json >"$WORK/$model.hold.json" 2>/dev/null || true
+        stop
+    done
+fi
+
+python3 - "$WORK" "$TICKS" "$MODELS" "$HOLD" <<'EOF'
+import json, os, sys
+work, ticks, models, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), int(sys.argv[4])
+cpu = dict(line.split() for line in open(os.path.join(work, "cpu")))
+
+def find(d, key):
+    if isinstance(d, dict):
+        if key in d:
+            return d[key]
+        for v in d.values():
+            r = find(v, key)
+            if r is not None:
+                return r
+    return None
+
+rows = {}
+for m in models:
+    try:
+        r = json.load(open(os.path.join(work, m + ".json")))
+    except Exception:
+        rows[m] = None
+        continue
+    ok = r["requests_ok"]
+    us = int(cpu[m]) / ticks * 1e6 / ok if ok else float("nan")
+    rows[m] = (r["req_per_s"], r["latency_us"]["p99"], us, r["errors_total"])
+ref = rows.get("reference")
+print()
+print("| model | req/s | p99 (us) | server CPU per request (us) | req/s vs C | CPU/req vs C | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for m in models:
+    row = rows[m]
+    if row is None:
+        print(f"| {m} | failed | | | | | |")
+        continue
+    rps, p99, us, errs = row
+    vs = (f"{rps / ref[0]:.2f}x", f"{us / ref[2]:.2f}x") if ref else ("", "")
+    print(f"| {m} | {rps:,.0f} | {p99:,.0f} | {us:.2f} | {vs[0]} | {vs[1]} | {errs} |")
+if hold:
+    print()
+    print(f"| model | RSS before | RSS holding {hold} | per connection |")
+    print("|---|---:|---:|---:|")
+    for m in sys.argv[3].split():
+        path = os.path.join(work, m + ".hold.json")
+        if not os.path.exists(path):
+            continue
+        try:
+            r = json.load(open(path))
+            b, h = find(r, "rss_before_bytes"), find(r, "rss_holding_bytes")
+            held = find(r, "held") or hold
+            print(f"| {m} | {b / 2**20:.1f} MiB | {h / 2**20:.1f} MiB | {(h - b) / hold:,.0f} B |")
+        except Exception as e:
+            print(f"| {m} | failed: {e} | | |")
+EOF
