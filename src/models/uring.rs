@@ -16,6 +16,11 @@
 //! reaps their results from a completion ring: one io_uring_enter(2) per turn
 //! submits every new operation and waits for the next results, however many.
 //!
+//! Each client keeps one multishot recv armed (it completes once per chunk of input
+//! and stays armed), cancelled while the client's unsent replies are over the
+//! bound and re-armed after, so a request costs one recv completion, one send
+//! submission and its completion, and the return of the buffer.
+//!
 //! Memory: a recv in flight needs a buffer, and an idle client always has a recv in
 //! flight, so a per-client buffer would cost 16 KiB per idle connection. Instead the
 //! recvs take their buffer from a group the loop provides
@@ -78,7 +83,10 @@ struct Client {
     stream: TcpStream,
     addr: SocketAddr,
     conn: Conn,
+    /// A multishot recv is armed (it stays armed across completions).
     recv_in_flight: bool,
+    /// Its cancellation was asked for (input paused, or closing).
+    recv_cancelled: bool,
     /// Bytes handed to a send, from `send_off` on not yet confirmed sent.
     sending: Vec<u8>,
     send_off: usize,
@@ -231,6 +239,7 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
                                         offload,
                                     ),
                                     recv_in_flight: false,
+                                    recv_cancelled: false,
                                     sending: Vec::new(),
                                     send_off: 0,
                                     send_in_flight: false,
@@ -295,7 +304,7 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
                         (bid, data)
                     });
                     if let Some(c) = clients.get_mut(&key) {
-                        c.recv_in_flight = false;
+                        c.recv_in_flight &= cqueue::more(flags);
                         match res {
                             0 => c.conn.received_eof(),
                             n if n > 0 => {
@@ -427,13 +436,22 @@ fn sync(
             }
             if !c.recv_in_flight && c.conn.wants_read() {
                 ring.push(
-                    opcode::Recv::new(fd, std::ptr::null_mut(), READ_SIZE as u32)
-                        .buf_group(GROUP)
+                    opcode::RecvMulti::new(fd, GROUP)
                         .build()
-                        .flags(squeue::Flags::BUFFER_SELECT)
                         .user_data(ud(key, OP_RECV)),
                 )?;
                 c.recv_in_flight = true;
+                c.recv_cancelled = false;
+            } else if c.recv_in_flight && !c.conn.wants_read() && !c.recv_cancelled {
+                // Too many replies unsent (or no more input wanted): stop receiving.
+                // Data already on its way is still fed in; the bound overshoots by
+                // at most a few reads.
+                ring.push(
+                    opcode::AsyncCancel::new(ud(key, OP_RECV))
+                        .build()
+                        .user_data(ud(0, OP_IGNORE)),
+                )?;
+                c.recv_cancelled = true;
             }
             if c.send_in_flight {
                 break;
@@ -456,7 +474,9 @@ fn sync(
         }
     }
     if c.closing {
-        for (op, in_flight) in [(OP_RECV, c.recv_in_flight), (OP_SEND, c.send_in_flight)] {
+        let recv = c.recv_in_flight && !c.recv_cancelled;
+        c.recv_cancelled |= c.recv_in_flight;
+        for (op, in_flight) in [(OP_RECV, recv), (OP_SEND, c.send_in_flight)] {
             if in_flight {
                 ring.push(
                     opcode::AsyncCancel::new(ud(key, op))
