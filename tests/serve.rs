@@ -506,6 +506,12 @@ fn select_refuses_descriptors_past_fd_setsize() {
     first.write_all(b"10\n").unwrap();
     assert_eq!(read_n(&mut first, 3), b"55\n");
     drop(many);
+    // Until the server has closed them, a new client may still get a descriptor
+    // past FD_SETSIZE (and be refused): wait for the descriptors to go.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server.footprint().fds > 100 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     fib_client(&server, 7, 5, true);
 }
 
@@ -555,7 +561,14 @@ fn prefork_replaces_dead_workers() {
     let mut held = server.connect();
     held.write_all(b"5\n").unwrap();
     assert_eq!(read_n(&mut held, 2), b"5\n");
-    let before = concur::sys::children(server.pid);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let before = loop {
+        let kids = concur::sys::children(server.pid);
+        if kids.len() == 2 || Instant::now() >= deadline {
+            break kids;
+        }
+        std::thread::sleep(Duration::from_millis(20)); // the second fork may trail
+    };
     assert_eq!(before.len(), 2, "{before:?}");
     for kid in &before {
         // SAFETY: kill(2) on the server's child.
