@@ -106,7 +106,7 @@ if [ "$HOLD" -gt 0 ]; then
     done
 fi
 
-python3 - "$WORK" "$TICKS" "$MODELS" "$HOLD" <<'EOF'
+python3 - "$WORK" "$TICKS" "$MODELS" "$HOLD" "$HOLD_MODELS" <<'EOF'
 import json, os, sys
 work, ticks, models, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), int(sys.argv[4])
 cpu = dict(line.split() for line in open(os.path.join(work, "cpu")))
@@ -147,14 +147,13 @@ if hold:
     print()
     print(f"| model | RSS before | RSS holding {hold} | per connection |")
     print("|---|---:|---:|---:|")
-    for m in sys.argv[3].split():
+    for m in sys.argv[5].split():
         path = os.path.join(work, m + ".hold.json")
         if not os.path.exists(path):
             continue
         try:
             r = json.load(open(path))
             b, h = find(r, "rss_before_bytes"), find(r, "rss_holding_bytes")
-            held = find(r, "held") or hold
             print(f"| {m} | {b / 2**20:.1f} MiB | {h / 2**20:.1f} MiB | {(h - b) / hold:,.0f} B |")
         except Exception as e:
             print(f"| {m} | failed: {e} | | |")

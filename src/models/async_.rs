@@ -226,7 +226,7 @@ async fn within<T>(
 /// last replies are not destroyed by a reset.
 async fn linger_close(stream: &mut TcpStream) -> io::Result<()> {
     stream.shutdown().await?;
-    let mut sink = [0u8; 4096];
+    let mut sink = vec![0u8; 4096]; // on the heap: an array would sit in every task
     let _ = tokio::time::timeout(LINGER, async {
         while stream.read(&mut sink).await? > 0 {}
         Ok::<(), io::Error>(())
