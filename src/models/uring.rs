@@ -309,7 +309,7 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
                             0 => c.conn.received_eof(),
                             n if n > 0 => {
                                 if let Some((_, data)) = buf {
-                                    c.conn.received(data);
+                                    c.conn.received_at(data, now);
                                 }
                             }
                             e if matches!(
@@ -420,7 +420,7 @@ fn sync(
                     }
                     if c.conn.wants_write() {
                         c.sending.extend_from_slice(c.conn.unsent());
-                        c.conn.sent(c.sending.len());
+                        c.conn.sent_at(c.sending.len(), now);
                     }
                 }
                 if c.send_off < c.sending.len() {

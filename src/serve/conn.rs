@@ -191,7 +191,12 @@ impl Conn {
 
     /// A read returned `data` (non-empty).
     pub fn received(&mut self, data: &[u8]) {
-        self.last_progress = Instant::now();
+        self.received_at(data, Instant::now());
+    }
+
+    /// [`Conn::received`] with the loop's clock reading (one per turn, not per read).
+    pub fn received_at(&mut self, data: &[u8], now: Instant) {
+        self.last_progress = now;
         if self.phase != Phase::Open {
             return; // lingering: discard
         }
@@ -248,8 +253,13 @@ impl Conn {
 
     /// A write took `n` bytes of [`Conn::unsent`].
     pub fn sent(&mut self, n: usize) {
+        self.sent_at(n, Instant::now());
+    }
+
+    /// [`Conn::sent`] with the loop's clock reading.
+    pub fn sent_at(&mut self, n: usize, now: Instant) {
         if n > 0 {
-            self.last_progress = Instant::now();
+            self.last_progress = now;
         }
         self.out.sent += n;
         if self.out.sent == self.out.buf.len() {
@@ -329,11 +339,11 @@ impl Conn {
         if readable && self.wants_read() {
             absorb(socket.read(buf).map(|n| match n {
                 0 => self.received_eof(),
-                n => self.received(&buf[..n]),
+                n => self.received_at(&buf[..n], now),
             }))?;
         }
         if self.wants_write() && (readable || writable) {
-            absorb(socket.write(self.unsent()).map(|n| self.sent(n)))?;
+            absorb(socket.write(self.unsent()).map(|n| self.sent_at(n, now)))?;
         }
         Ok(self.step(now))
     }
@@ -364,7 +374,7 @@ impl Conn {
                     }
                     Ok(n) => {
                         hints.readable = n == buf.len() || hints.read_closed;
-                        self.received(&buf[..n]);
+                        self.received_at(&buf[..n], now);
                         progressed = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => hints.readable = false,
@@ -375,7 +385,7 @@ impl Conn {
             if hints.writable && self.wants_write() {
                 match socket.write(self.unsent()) {
                     Ok(n) => {
-                        self.sent(n);
+                        self.sent_at(n, now);
                         hints.writable = !self.wants_write();
                         progressed |= n > 0;
                     }
