@@ -92,6 +92,7 @@ for model in $MODELS; do
     before=$(cpu_ticks "$SERVER")
     taskset -c 1 "$LOAD" load --addr "$ADDR" --service echo --prefix '' --conns "$CONNS" \
         --size "$SIZE" --duration "${DUR}s" --json >"$WORK/$model.json" 2>/dev/null || true
+    sleep 0.5 # children that served the load exit and are reaped (processes)
     after=$(cpu_ticks "$SERVER")
     stop
     echo "$model $((after - before))" >>"$WORK/cpu"

@@ -40,6 +40,7 @@ use crate::serve::{LINGER, READ_SIZE, ServeConfig, Shutdown, log_closed, log_io_
 use anyhow::Context;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -126,23 +127,33 @@ async fn serve_conn(
 ) -> io::Result<()> {
     let mut session = cfg.service.session();
     let mut out = Vec::new();
+    // Made once: waiting on it again does not re-register with the channel.
+    let stopped = requested(stop);
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             r = within(cfg.idle_timeout, stream.readable()) => r?,
-            _ = requested(stop) => return linger_close(stream).await,
+            _ = &mut stopped => return linger_close(stream).await,
         };
         // Read into the worker thread's buffer and feed the protocol at once, with
         // no await in between: an idle task holds no read buffer.
         out.clear();
         let mut replies = Offloaded::default();
-        let read = READ_BUF.with_borrow_mut(|buf| match stream.try_read(buf) {
+        let read = READ_BUF.with_borrow_mut(|buf| match read_drained(stream, buf) {
             Ok(0) => {
                 session.eof(&mut out);
                 Ok(Some((0, Flow::Close)))
             }
             Ok(n) if cfg.offload => Ok(Some((n, session.feed(&buf[..n], &mut replies)))),
             Ok(n) => Ok(Some((n, session.feed(&buf[..n], &mut out)))),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         })?;
         let Some((n, flow)) = read else {
@@ -165,6 +176,33 @@ async fn serve_conn(
         if flow == Flow::Close {
             return linger_close(stream).await;
         }
+    }
+}
+
+/// One read, like `try_read`, that also tells tokio the socket is drained when the
+/// read was shorter than the buffer (TCP: nothing more was queued), so the next
+/// wait goes straight to epoll instead of spending a read on EAGAIN, as the epoll
+/// model does. Nothing is lost: tokio keeps a FIN (READ_CLOSED) once seen, and
+/// clears readiness only if no new event came in since it looked.
+fn read_drained(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    let result = stream.try_io(tokio::io::Interest::READABLE, || {
+        // SAFETY: recv(2) into a buffer we own, of its length.
+        let n = unsafe { libc::recv(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        got = n as usize;
+        if got > 0 && got < buf.len() {
+            Err(io::ErrorKind::WouldBlock.into()) // drained: clear the readiness
+        } else {
+            Ok(())
+        }
+    });
+    match result {
+        Ok(()) => Ok(got),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        Err(e) => Err(e),
     }
 }
 
