@@ -482,6 +482,71 @@ mod tests {
         assert!(c.unsent().is_empty());
     }
 
+    /// A socket whose reads return the queued chunks (an empty one is EOF), then
+    /// WouldBlock; writes take everything.
+    struct Mock {
+        reads: VecDeque<Vec<u8>>,
+        written: Vec<u8>,
+    }
+
+    impl Read for Mock {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let chunk = self.reads.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
+            buf[..chunk.len()].copy_from_slice(&chunk);
+            Ok(chunk.len())
+        }
+    }
+
+    impl Write for Mock {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            self.written.extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn mock(reads: &[&[u8]]) -> Mock {
+        Mock {
+            reads: reads.iter().map(|r| r.to_vec()).collect(),
+            written: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn drive_trusts_a_short_read_to_have_drained_the_socket() {
+        let mut c = fib();
+        let mut socket = mock(&[b"10\n", b"11\n"]);
+        let mut hints = Hints {
+            readable: true,
+            ..Hints::default()
+        };
+        let (step, more) = c
+            .drive(&mut socket, &mut hints, &mut [0u8; 64], Instant::now())
+            .unwrap();
+        assert_eq!((step, more), (Step::Wait, false));
+        assert_eq!(socket.written, b"55\n");
+        assert_eq!(socket.reads.len(), 1, "no read after the short one");
+        assert!(!hints.readable && hints.writable);
+    }
+
+    #[test]
+    fn drive_reads_a_fin_that_came_with_the_data() {
+        let mut c = fib();
+        let mut socket = mock(&[b"10\n", b""]);
+        let mut hints = Hints {
+            readable: true,
+            read_closed: true,
+            ..Hints::default()
+        };
+        let (step, _) = c
+            .drive(&mut socket, &mut hints, &mut [0u8; 64], Instant::now())
+            .unwrap();
+        assert_eq!(step, Step::Close);
+        assert_eq!(socket.written, b"55\n");
+    }
+
     #[test]
     fn idle_connection_closes() {
         let mut c = Conn::new(

@@ -10,9 +10,12 @@
 //! - [`accept`]: the accept loop's shared rules: `--max-conns`, back-off when accept
 //!   fails with EMFILE/ENFILE, per-connection log lines.
 //! - [`blocking_conn`]: one client served with blocking calls (blocking, threads,
-//!   processes).
+//!   processes, threadpool, prefork).
 //! - [`conn`]: one client's state for event loops: its session and its bounded
-//!   buffer of unsent replies (select, async and the event loops to come).
+//!   buffer of unsent replies (select, epoll, reuseport, uring); `drive()` for
+//!   edge-triggered loops.
+//! - [`offload`]: `--offload`, the worker pool event loops hand fib to, and the
+//!   eventfd mailbox that wakes them with the replies.
 //!
 //! Adding a model: write `src/models/NAME.rs` with `pub fn run(listener, cfg,
 //! shutdown)`, add a variant to [`Model`] and one arm to [`Model::runner`] (and to
