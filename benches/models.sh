@@ -2,14 +2,15 @@
 # Every `concur serve` model against a minimal C echo server on edge-triggered epoll
 # (benches/reference/echo_epoll.c), side by side in one run:
 #
-#   benches/models.sh                 # 5 s per model; DUR=10 for longer
+#   benches/models.sh                 # 3 rounds of 5 s per model (ROUNDS, DUR)
 #   HOLD=10000 benches/models.sh      # also RSS per idle connection (concur hold)
 #
 # Per model: 64-byte plain echo requests (--prefix ''), 100 connections, closed
 # loop, the server pinned to core 0 (taskset -c 0) and `concur load` to core 1.
 # Reports req/s, p99, and the server's CPU time per request: utime+stime from
 # /proc/PID/stat (plus its children's) read before and after the load run.
-# Ratios are to the C reference in the same run.
+# Ratios are to the C reference in the same run. Each figure is the median of
+# ROUNDS rounds (every model once per round), which tames a noisy machine.
 #
 # Needs a concur with `load` and `hold`: this tree's, or CONCUR_LOAD=path/to/concur.
 # Run it on a quiet machine: anything else on cores 0 and 1 shows up in the numbers.
@@ -17,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DUR=${DUR:-5}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-100}
 SIZE=${SIZE:-64}
 HOLD=${HOLD:-0}
@@ -86,16 +88,18 @@ stop() {
 }
 
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# $CONNS connections, $SIZE-byte echo, ${DUR} s per model; server on core 0, load on core 1"
-for model in $MODELS; do
-    start "$model"
-    before=$(cpu_ticks "$SERVER")
-    taskset -c 1 "$LOAD" load --addr "$ADDR" --service echo --prefix '' --conns "$CONNS" \
-        --size "$SIZE" --duration "${DUR}s" --json >"$WORK/$model.json" 2>/dev/null || true
-    sleep 0.5 # children that served the load exit and are reaped (processes)
-    after=$(cpu_ticks "$SERVER")
-    stop
-    echo "$model $((after - before))" >>"$WORK/cpu"
+echo "# $CONNS connections, $SIZE-byte echo, median of $ROUNDS rounds of ${DUR} s per model; server on core 0, load on core 1"
+for round in $(seq "$ROUNDS"); do
+    for model in $MODELS; do
+        start "$model"
+        before=$(cpu_ticks "$SERVER")
+        taskset -c 1 "$LOAD" load --addr "$ADDR" --service echo --prefix '' --conns "$CONNS" \
+            --size "$SIZE" --duration "${DUR}s" --json >"$WORK/$model.$round.json" 2>/dev/null || true
+        sleep 0.5 # children that served the load exit and are reaped (processes)
+        after=$(cpu_ticks "$SERVER")
+        stop
+        echo "$model $round $((after - before))" >>"$WORK/cpu"
+    done
 done
 
 if [ "$HOLD" -gt 0 ]; then
@@ -110,7 +114,10 @@ fi
 python3 - "$WORK" "$TICKS" "$MODELS" "$HOLD" "$HOLD_MODELS" <<'EOF'
 import json, os, sys
 work, ticks, models, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), int(sys.argv[4])
-cpu = dict(line.split() for line in open(os.path.join(work, "cpu")))
+cpu = {}
+for line in open(os.path.join(work, "cpu")):
+    m, rnd, t = line.split()
+    cpu[(m, rnd)] = int(t)
 
 def find(d, key):
     if isinstance(d, dict):
@@ -122,16 +129,29 @@ def find(d, key):
                 return r
     return None
 
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
 rows = {}
 for m in models:
-    try:
-        r = json.load(open(os.path.join(work, m + ".json")))
-    except Exception:
-        rows[m] = None
-        continue
-    ok = r["requests_ok"]
-    us = int(cpu[m]) / ticks * 1e6 / ok if ok else float("nan")
-    rows[m] = (r["req_per_s"], r["latency_us"]["p99"], us, r["errors_total"])
+    runs = []
+    for (mm, rnd), t in cpu.items():
+        if mm != m:
+            continue
+        try:
+            r = json.load(open(os.path.join(work, f"{m}.{rnd}.json")))
+        except Exception:
+            continue
+        ok = r["requests_ok"]
+        if ok:
+            runs.append((r["req_per_s"], r["latency_us"]["p99"], t / ticks * 1e6 / ok, r["errors_total"]))
+    rows[m] = None if not runs else (
+        median([x[0] for x in runs]),
+        median([x[1] for x in runs]),
+        median([x[2] for x in runs]),
+        sum(x[3] for x in runs),
+    )
 ref = rows.get("reference")
 print()
 print("| model | req/s | p99 (us) | server CPU per request (us) | req/s vs C | CPU/req vs C | errors |")
