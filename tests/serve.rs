@@ -684,3 +684,39 @@ fn offload_is_refused_outside_event_loops() {
         assert!(err.contains("--offload"), "{model}: {err}");
     }
 }
+
+/// threadpool: with every worker busy and the queue (64 per worker) full, a new
+/// client is closed at once, not left waiting.
+#[test]
+fn threadpool_refuses_when_the_queue_is_full() {
+    let server = Server::start("threadpool", "fib", &["--workers", "1"]);
+    let mut busy = server.connect();
+    busy.write_all(b"5\n").unwrap();
+    assert_eq!(read_n(&mut busy, 2), b"5\n"); // the only worker is now on `busy`
+    let queued: Vec<_> = (0..64).map(|_| server.connect()).collect();
+    let mut extra = server.connect();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 8];
+    match extra.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a client past the full queue was not closed: {other:?}"),
+    }
+    drop(busy);
+    drop(queued);
+    // Places free up as the worker goes through the departed clients.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = server.connect();
+        let _ = s.write_all(b"9\n");
+        let mut got = [0u8; 3];
+        if s.read_exact(&mut got).is_ok() {
+            assert_eq!(&got, b"34\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
