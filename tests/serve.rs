@@ -720,3 +720,73 @@ fn threadpool_refuses_when_the_queue_is_full() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// uring on a kernel that refuses io_uring (here: a seccomp filter making
+/// io_uring_setup fail with ENOSYS, as on a kernel built without it): exit 2 with
+/// one line saying so.
+#[test]
+fn uring_without_io_uring_exits_2() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_concur"));
+    cmd.args([
+        "serve",
+        "--model",
+        "uring",
+        "--service",
+        "echo",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    // SAFETY: only prctl(2) runs between fork and exec, on data built beforehand.
+    unsafe {
+        cmd.pre_exec(|| {
+            let nr = libc::SYS_io_uring_setup as u32;
+            let filter = [
+                // A = seccomp_data.nr
+                libc::sock_filter {
+                    code: 0x20,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
+                // if A == io_uring_setup: next, else skip one
+                libc::sock_filter {
+                    code: 0x15,
+                    jt: 0,
+                    jf: 1,
+                    k: nr,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ALLOW,
+                },
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut _,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("io_uring is not available on this kernel"),
+        "{err}"
+    );
+}
