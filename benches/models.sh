@@ -12,6 +12,10 @@
 # Ratios are to the C reference in the same run. Each figure is the median of
 # ROUNDS rounds (every model once per round), which tames a noisy machine.
 #
+# `blocking` is left out: it serves one connection at a time, so 99 of the 100
+# would wait for the whole run. threadpool and prefork get a worker per connection
+# (they serve one client per worker); every other model gets --workers 1.
+#
 # Needs a concur with `load` and `hold`: this tree's, or CONCUR_LOAD=path/to/concur.
 # Run it on a quiet machine: anything else on cores 0 and 1 shows up in the numbers.
 set -euo pipefail
