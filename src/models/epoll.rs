@@ -37,7 +37,6 @@ use anyhow::Context;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use std::collections::HashMap;
 use std::net::{Shutdown as Direction, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -45,7 +44,7 @@ use std::time::{Duration, Instant};
 const SHUTDOWN: Token = Token(0);
 const LISTENER: Token = Token(1);
 const MAILBOX: Token = Token(2);
-/// Client keys count up from here and are never reused.
+/// Client keys start here.
 const FIRST_CLIENT: usize = 3;
 
 /// Clients taken per turn, so a flood of connections cannot starve the others.
@@ -53,6 +52,57 @@ const ACCEPTS_PER_TURN: usize = 64;
 
 /// How often deadlines (idle timeout, linger) are checked.
 pub const SWEEP: Duration = Duration::from_millis(100);
+
+/// Clients by key (a key is its slot's index plus [`FIRST_CLIENT`]); a closed
+/// client's slot is reused. A stale key is harmless: events for a closed socket
+/// are gone with it, and offload replies carry job ids its successor never issued.
+#[derive(Default)]
+struct Clients {
+    slots: Vec<Option<Client>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl Clients {
+    /// The key the next [`Clients::insert`] will use.
+    fn next_key(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.slots.len()) + FIRST_CLIENT
+    }
+
+    fn insert(&mut self, client: Client) -> usize {
+        let i = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        self.slots[i] = Some(client);
+        self.len += 1;
+        i + FIRST_CLIENT
+    }
+
+    fn get_mut(&mut self, key: usize) -> Option<&mut Client> {
+        self.slots.get_mut(key.checked_sub(FIRST_CLIENT)?)?.as_mut()
+    }
+
+    fn remove(&mut self, key: usize) -> Option<Client> {
+        let i = key.checked_sub(FIRST_CLIENT)?;
+        let client = self.slots.get_mut(i)?.take()?;
+        self.free.push(i);
+        self.len -= 1;
+        Some(client)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn keys(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_some())
+            .map(|(i, _)| i + FIRST_CLIENT)
+    }
+}
 
 struct Client {
     stream: TcpStream,
@@ -112,10 +162,10 @@ pub fn serve_loop(
         None => None,
     };
     let mut events = Events::with_capacity(1024);
-    let mut clients: HashMap<usize, Client> = HashMap::new();
-    let mut next_key = FIRST_CLIENT;
+    let mut clients = Clients::default();
     let mut buf = vec![0u8; READ_SIZE];
     let mut again: Vec<usize> = Vec::new(); // clients with work left from the last turn
+    let mut touched: Vec<usize> = Vec::new(); // clients to drive this turn
     let mut listener_ready = false; // edge-triggered: clients may be waiting
     let mut accept_paused_until: Option<Instant> = None;
     let mut stopping_at: Option<Instant> = None; // end of the grace period
@@ -140,22 +190,26 @@ pub fn serve_loop(
             Err(e) => return Err(e).context("epoll_wait"),
         }
         let now = Instant::now();
-        let mut touched = std::mem::take(&mut again);
+        touched.clear();
+        std::mem::swap(&mut touched, &mut again);
         for event in events.iter() {
             match event.token() {
                 SHUTDOWN => {
                     if stopping_at.is_none() {
                         stopping_at = Some(now + cfg.grace);
-                        for (key, c) in clients.iter_mut() {
-                            c.conn.stop();
-                            touched.push(*key);
+                        let keys: Vec<usize> = clients.keys().collect();
+                        for key in keys {
+                            if let Some(c) = clients.get_mut(key) {
+                                c.conn.stop();
+                                touched.push(key);
+                            }
                         }
                     }
                 }
                 LISTENER => listener_ready = true,
                 MAILBOX => {
                     for done in mailbox.as_ref().map(|m| m.take()).unwrap_or_default() {
-                        if let Some(c) = clients.get_mut(&done.key)
+                        if let Some(c) = clients.get_mut(done.key)
                             && c.conn.completed(done.id, done.reply)
                         {
                             touched.push(done.key);
@@ -163,7 +217,7 @@ pub fn serve_loop(
                     }
                 }
                 Token(key) => {
-                    if let Some(c) = clients.get_mut(&key) {
+                    if let Some(c) = clients.get_mut(key) {
                         let failed = event.is_error();
                         let closed = event.is_read_closed() || failed;
                         c.hints.read_closed |= closed;
@@ -186,8 +240,7 @@ pub fn serve_loop(
                             log_io_error(&c.addr, &e);
                             continue;
                         }
-                        let key = next_key;
-                        next_key += 1;
+                        let key = clients.next_key();
                         let mut stream = TcpStream::from_std(c.stream);
                         if let Err(e) = poll.registry().register(
                             &mut stream,
@@ -205,16 +258,13 @@ pub fn serve_loop(
                             readable: true, // data may have come with the handshake
                             ..Hints::default()
                         };
-                        clients.insert(
-                            key,
-                            Client {
-                                stream,
-                                addr: c.addr,
-                                conn,
-                                hints,
-                                _token: c.token,
-                            },
-                        );
+                        let key = clients.insert(Client {
+                            stream,
+                            addr: c.addr,
+                            conn,
+                            hints,
+                            _token: c.token,
+                        });
                         touched.push(key);
                     }
                     Accepted::Nothing { again: true } => {}
@@ -233,8 +283,8 @@ pub fn serve_loop(
 
         touched.sort_unstable();
         touched.dedup();
-        for key in touched {
-            let Some(c) = clients.get_mut(&key) else {
+        for &key in &touched {
+            let Some(c) = clients.get_mut(key) else {
                 continue;
             };
             let result = c.conn.drive(&c.stream, &mut c.hints, &mut buf, now);
@@ -243,9 +293,9 @@ pub fn serve_loop(
 
         if now >= next_sweep {
             next_sweep = now + SWEEP;
-            let keys: Vec<usize> = clients.keys().copied().collect();
+            let keys: Vec<usize> = clients.keys().collect();
             for key in keys {
-                if let Some(c) = clients.get_mut(&key) {
+                if let Some(c) = clients.get_mut(key) {
                     let step = c.conn.step(now);
                     settle(&mut clients, key, Ok((step, false)), &mut again);
                 }
@@ -263,12 +313,12 @@ pub fn serve_loop(
 /// Act on what a connection said: shut down its write side (and come back to it
 /// next turn: it lingers, reading), close it, or note that it has work left.
 fn settle(
-    clients: &mut HashMap<usize, Client>,
+    clients: &mut Clients,
     key: usize,
     result: std::io::Result<(Step, bool)>,
     again: &mut Vec<usize>,
 ) {
-    let Some(c) = clients.get_mut(&key) else {
+    let Some(c) = clients.get_mut(key) else {
         return;
     };
     let result = match result {
@@ -285,13 +335,13 @@ fn settle(
             }
         }
         Ok((Step::Close, _)) => {
-            if let Some(c) = clients.remove(&key) {
+            if let Some(c) = clients.remove(key) {
                 log_closed(&c.addr);
             }
         }
         Err(e) => {
             log_io_error(&c.addr, &e);
-            if let Some(c) = clients.remove(&key) {
+            if let Some(c) = clients.remove(key) {
                 log_closed(&c.addr);
             }
         }
