@@ -23,10 +23,10 @@
 //!
 //! Memory: a recv in flight needs a buffer, and an idle client always has a recv in
 //! flight, so a per-client buffer would cost 16 KiB per idle connection. Instead the
-//! recvs take their buffer from a group the loop provides
-//! (IORING_OP_PROVIDE_BUFFERS, [`BUFFERS`] x 16 KiB, touched only as used): the
-//! kernel picks one only when data arrives, and the loop gives it back as soon as
-//! the data is fed to the protocol. A send's bytes must stay put until it completes,
+//! recvs take their buffer from a ring of buffers the loop lends the kernel
+//! ([`BUFFERS`] x 16 KiB, touched only as used): the kernel picks one only when
+//! data arrives, and the loop gives it back as soon as the data is fed to the
+//! protocol. A send's bytes must stay put until it completes,
 //! so they are moved out of the [`Conn`] into the client's own buffer (kept if
 //! small, freed if not), and the client is never closed with an operation in flight:
 //! closing cancels its recv first.
@@ -49,6 +49,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use std::collections::HashMap;
 use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 /// Submission ring entries (the completion ring has twice as many; the kernel
@@ -67,7 +68,7 @@ const OP_ACCEPT: u64 = 1;
 const OP_SHUTDOWN: u64 = 2;
 const OP_MAILBOX: u64 = 3;
 const OP_TICK: u64 = 4;
-const OP_IGNORE: u64 = 5; // buffer returns, cancellations
+const OP_IGNORE: u64 = 5; // cancellations
 const OP_RECV: u64 = 6;
 const OP_SEND: u64 = 7;
 
@@ -115,6 +116,70 @@ impl Ring {
     }
 }
 
+/// The receive buffers, lent to the kernel through a buffer ring: a ring of
+/// (address, length, id) entries in memory shared with the kernel. The kernel takes
+/// an entry when a recv has data; giving a buffer back is a write here and a
+/// release-store of the tail, with no system call and no submission.
+struct BufRing {
+    entries: *mut types::BufRingEntry,
+    base: *mut u8,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(ring: &IoUring, base: *mut u8) -> std::io::Result<BufRing> {
+        let size = BUFFERS as usize * std::mem::size_of::<types::BufRingEntry>();
+        // SAFETY: a fresh anonymous mapping (page-aligned, zeroed), checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut bufs = BufRing {
+            entries: ptr.cast(),
+            base,
+            tail: 0,
+        };
+        for bid in 0..BUFFERS {
+            bufs.give_back(bid);
+        }
+        // SAFETY: the ring memory is page-aligned, BUFFERS (a power of two) entries
+        // long and lives as long as the process (never unmapped).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(ptr as u64, BUFFERS, GROUP, 0)
+        }?;
+        Ok(bufs)
+    }
+
+    /// Lend buffer `bid` to the kernel (again).
+    fn give_back(&mut self, bid: u16) {
+        let slot = (self.tail & (BUFFERS - 1)) as usize;
+        // SAFETY: `slot` is within the ring; `bid` within the leaked buffers. Only
+        // addr, len and bid are written: entry 0's `resv` is the kernel's tail.
+        unsafe {
+            let entry = &mut *self.entries.add(slot);
+            entry.set_addr(self.base.add(bid as usize * READ_SIZE) as u64);
+            entry.set_len(READ_SIZE as u32);
+            entry.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail field of entry 0, a u16 the kernel reads with acquire.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.entries).cast::<AtomicU16>();
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
 fn ud(key: usize, op: u64) -> u64 {
     ((key as u64) << 3) | op
 }
@@ -144,11 +209,11 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
     let base = Box::leak(buffers).as_mut_ptr(); // the kernel may hold it to the very end
     let tick = types::Timespec::from(SWEEP);
 
-    ring.push(
-        opcode::ProvideBuffers::new(base, READ_SIZE as i32, BUFFERS, GROUP, 0)
-            .build()
-            .user_data(ud(0, OP_IGNORE)),
-    )?;
+    let mut bufs = BufRing::new(&ring.ring, base).map_err(|e| {
+        crate::error::bad_input(format!(
+            "io_uring buffer rings are not available on this kernel (Linux 5.19+): {e}"
+        ))
+    })?;
     ring.push(
         opcode::PollAdd::new(types::Fd(shutdown.raw_fd()), libc::POLLIN as u32)
             .build()
@@ -321,13 +386,7 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
                         touched.push(key);
                     }
                     if let Some((bid, _)) = buf {
-                        // SAFETY (pointer arithmetic): within the leaked allocation.
-                        let at = unsafe { base.add(bid as usize * READ_SIZE) };
-                        ring.push(
-                            opcode::ProvideBuffers::new(at, READ_SIZE as i32, 1, GROUP, bid)
-                                .build()
-                                .user_data(ud(0, OP_IGNORE)),
-                        )?;
+                        bufs.give_back(bid);
                     }
                 }
                 OP_SEND => {
