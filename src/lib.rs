@@ -4,11 +4,15 @@
 //! - [`fib`]: the CPU-bound kernel and `concur fib`.
 //! - [`sys`]: CPU time, /proc readings, pinning, descriptor limits.
 //! - [`error`]: errors a user can act on, and their exit codes.
+//! - [`load`]: `concur load`, the verifying load generator.
+//! - [`hold`]: `concur hold`, the C10K test: many connections held open at once.
 //!
 //! `src/main.rs` only parses the command line and calls into these modules.
 
 pub mod error;
 pub mod fib;
+pub mod hold;
+pub mod load;
 pub mod logging;
 pub mod protocol;
 pub mod sys;

@@ -22,6 +22,10 @@ enum Command {
     /// Internal: compute one fib(n) and print it (the `processes` mode's child)
     #[command(hide = true)]
     FibWorker { n: u32 },
+    /// Load a server with verified requests: closed or open loop, latency percentiles
+    Load(concur::load::LoadArgs),
+    /// The C10K question: open N connections, hold them all, one verified round trip each
+    Hold(concur::hold::HoldArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,5 +66,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::FibWorker { n } => fib::worker_main(n).map(|()| 0),
+        Command::Load(args) => concur::load::run(&args),
+        Command::Hold(args) => concur::hold::run(&args),
     }
 }
