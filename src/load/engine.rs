@@ -21,9 +21,12 @@
 //! if its connection already has `--pipeline` in flight, and its latency counts from
 //! the due time. Timeouts are checked by a sweep a few times per `--timeout`.
 
-use super::report::{ErrorCounts, FirstMismatch, HeavyReport, Latency, LoadReport};
+use super::report::{
+    CpuReport, CpuUse, ErrorCounts, FirstMismatch, HeavyReport, Latency, LoadReport,
+};
 use super::verify::{EchoVerifier, FibVerifier, PayloadPool, Verifier};
 use super::{LoadConfig, Service};
+use crate::sys::CpuTime;
 use anyhow::Result;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
@@ -169,7 +172,7 @@ pub(super) fn run(config: &LoadConfig, addr: SocketAddr) -> Result<LoadReport> {
     };
     let threads = config.threads;
     let barrier = Barrier::new(threads + 1);
-    let tallies: Vec<Tally> = std::thread::scope(|s| {
+    let tallies = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let plan = &plan;
@@ -181,6 +184,10 @@ pub(super) fn run(config: &LoadConfig, addr: SocketAddr) -> Result<LoadReport> {
             })
             .collect::<std::io::Result<_>>()?;
         barrier.wait();
+        let cpu_before = (
+            crate::sys::cpu_self_and_children(),
+            config.server_pid.and_then(crate::sys::proc_stat),
+        );
         if config.progress {
             let bar = progress_bar(config);
             while !handles.iter().all(|h| h.is_finished()) {
@@ -189,15 +196,39 @@ pub(super) fn run(config: &LoadConfig, addr: SocketAddr) -> Result<LoadReport> {
             }
             bar.finish_and_clear();
         }
-        handles
+        let tallies = handles
             .into_iter()
             .map(|h| {
                 h.join()
                     .map_err(|_| anyhow::anyhow!("a load thread panicked"))?
             })
-            .collect::<Result<Vec<_>>>()
+            .collect::<Result<Vec<_>>>()?;
+        let load_cpu = crate::sys::cpu_self_and_children().since(&cpu_before.0);
+        let server_cpu = cpu_before.1.and_then(|before| {
+            let after = crate::sys::proc_stat(config.server_pid?)?;
+            Some(after.cpu.since(&before.cpu))
+        });
+        Ok::<_, anyhow::Error>((tallies, load_cpu, server_cpu))
     })?;
-    Ok(merge(config, tallies))
+    let (tallies, load_cpu, server_cpu) = tallies;
+    let mut report = merge(config, tallies);
+    let requests = report.requests_ok + report.heavy.as_ref().map_or(0, |h| h.requests_ok);
+    let per_request = |cpu: CpuTime| {
+        let secs = cpu.total().as_secs_f64();
+        CpuUse {
+            secs,
+            us_per_request: if requests > 0 {
+                secs * 1e6 / requests as f64
+            } else {
+                0.0
+            },
+        }
+    };
+    report.cpu = Some(CpuReport {
+        load: per_request(load_cpu),
+        server: server_cpu.map(per_request),
+    });
+    Ok(report)
 }
 
 fn progress_bar(config: &LoadConfig) -> indicatif::ProgressBar {
@@ -259,6 +290,7 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>) -> LoadReport {
         bytes_sent: sent,
         bytes_received: received,
         latency_us: Latency::from_histogram(&light),
+        cpu: None,
         heavy: config.heavy.map(|n| HeavyReport {
             n,
             requests_ok: heavy_ok,
@@ -601,6 +633,7 @@ impl Loop<'_> {
     }
 
     fn read(&mut self, i: usize, start: Instant) {
+        let mut now = Instant::now();
         loop {
             let c = &mut self.conns[i];
             let Some(stream) = &mut c.stream else { return };
@@ -619,7 +652,7 @@ impl Loop<'_> {
                 }
             };
             self.tally.bytes_received += n as u64;
-            let now = Instant::now();
+            now = Instant::now();
             match c.verifier.feed(&self.buf[..n], c.sent) {
                 Ok(done) => {
                     let hist = if c.heavy {
@@ -658,7 +691,7 @@ impl Loop<'_> {
                 break;
             }
         }
-        self.refill(i, start, Instant::now());
+        self.refill(i, start, now);
     }
 
     /// Give a connection up: count why, close it, forget what it had in flight.

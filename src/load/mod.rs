@@ -24,7 +24,7 @@ pub mod engine;
 pub mod report;
 pub mod verify;
 
-pub use report::{ErrorCounts, FirstMismatch, HeavyReport, Latency, LoadReport};
+pub use report::{CpuReport, CpuUse, ErrorCounts, FirstMismatch, HeavyReport, Latency, LoadReport};
 
 use crate::error::bad_input;
 use anyhow::Result;
@@ -138,6 +138,9 @@ pub struct LoadArgs {
     /// Load threads, each an epoll loop over its share of the connections
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// The server's process id: also report its CPU time per request (from /proc)
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
     /// Print one JSON object on stdout instead of the table
     #[arg(long)]
     pub json: bool,
@@ -165,6 +168,8 @@ pub struct LoadConfig {
     pub threads: usize,
     /// Draw a progress bar on stderr (the command line sets it when stderr is a terminal).
     pub progress: bool,
+    /// Report this process's CPU time per request beside the load generator's.
+    pub server_pid: Option<u32>,
 }
 
 impl LoadConfig {
@@ -186,6 +191,7 @@ impl LoadConfig {
             heavy: None,
             threads: 1,
             progress: false,
+            server_pid: None,
         }
     }
 
@@ -219,6 +225,13 @@ impl LoadConfig {
         }
         if self.duration == Some(Duration::ZERO) {
             return Err(bad_input("--duration must be more than 0"));
+        }
+        if let Some(pid) = self.server_pid
+            && crate::sys::proc_stat(pid).is_none()
+        {
+            return Err(bad_input(format!(
+                "--server-pid {pid}: no such process in /proc"
+            )));
         }
         if self.timeout.is_zero() {
             return Err(bad_input("--timeout must be more than 0"));
@@ -270,6 +283,7 @@ impl LoadArgs {
             heavy: self.mix,
             threads: self.threads,
             progress: std::io::stderr().is_terminal(),
+            server_pid: self.server_pid,
         }
     }
 }

@@ -124,6 +124,27 @@ pub struct LoadReport {
     pub latency_us: Latency,
     /// Present with `--mix heavy=K`.
     pub heavy: Option<HeavyReport>,
+    /// CPU time (user+sys) spent during the run, by this load generator and, given
+    /// `--server-pid`, by the server.
+    pub cpu: Option<CpuReport>,
+}
+
+/// CPU time of one process over the run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CpuUse {
+    /// User plus system seconds.
+    pub secs: f64,
+    /// Those seconds per verified request (light and heavy), in microseconds.
+    pub us_per_request: f64,
+}
+
+/// Who paid how much CPU for the requests: the yardstick for "the load generator is
+/// never the bottleneck" (its cost per request must stay below the server's).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CpuReport {
+    pub load: CpuUse,
+    /// From /proc/PID/stat (10 ms ticks: run a few seconds for a precise figure).
+    pub server: Option<CpuUse>,
 }
 
 impl LoadReport {
@@ -184,6 +205,21 @@ pub fn render(r: &LoadReport) -> String {
     if let Some(h) = &r.heavy {
         let _ = writeln!(out, "heavy fib({}): requests ok {}", h.n, h.requests_ok);
         lat_row(&mut out, "heavy", &h.latency_us);
+    }
+    if let Some(cpu) = &r.cpu {
+        let _ = write!(
+            out,
+            "cpu: load {:.3} s = {:.2} us/request",
+            cpu.load.secs, cpu.load.us_per_request
+        );
+        if let Some(s) = &cpu.server {
+            let _ = write!(
+                out,
+                "; server {:.3} s = {:.2} us/request",
+                s.secs, s.us_per_request
+            );
+        }
+        let _ = writeln!(out);
     }
     out
 }

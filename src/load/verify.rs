@@ -34,6 +34,17 @@ pub struct Mismatch {
     pub got: u8,
 }
 
+/// Where two equally long slices first differ: one `memcmp` in the common case
+/// (equal), a byte loop only to locate a difference.
+#[inline]
+fn first_difference(got: &[u8], want: &[u8]) -> Option<usize> {
+    if got == want {
+        None
+    } else {
+        got.iter().zip(want).position(|(a, b)| a != b)
+    }
+}
+
 /// Payload characters: ASCII letters and digits, so a mismatch is readable.
 const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
@@ -118,7 +129,7 @@ impl EchoVerifier {
                 // Inside a prefix: match as much of its rest as this chunk holds.
                 let want = &prefix[self.in_prefix..];
                 let n = want.len().min(data.len());
-                if let Some(i) = (0..n).find(|&i| data[i] != want[i]) {
+                if let Some(i) = first_difference(&data[..n], &want[..n]) {
                     return Err(self.mismatch(i, Some(want[i]), data[i]));
                 }
                 self.in_prefix = (self.in_prefix + n) % prefix.len();
@@ -146,7 +157,7 @@ impl EchoVerifier {
             {
                 n = i;
             }
-            if let Some(i) = (0..n).find(|&i| data[i] != expected[i]) {
+            if let Some(i) = first_difference(&data[..n], &expected[..n]) {
                 return Err(self.mismatch(i, Some(expected[i]), data[i]));
             }
             self.at += n;
@@ -205,7 +216,7 @@ impl FibVerifier {
             }
             let want = &self.line[self.at..];
             let n = want.len().min(data.len());
-            if let Some(i) = (0..n).find(|&i| data[i] != want[i]) {
+            if let Some(i) = first_difference(&data[..n], &want[..n]) {
                 return Err(self.mismatch(i, Some(want[i]), data[i]));
             }
             self.at += n;
