@@ -73,6 +73,15 @@ fn bad_arguments_exit_two_with_one_line() {
         &["load", "--addr", "127.0.0.1:1", "--mix", "heavy=20"],
         &["load", "--addr", "127.0.0.1:1", "--conns", "0"],
         &["load", "--addr", "nowhere"],
+        &["load", "--addr", "127.0.0.1:1", "--conns", "4000000000"],
+        &[
+            "load",
+            "--addr",
+            "127.0.0.1:1",
+            "--server-pid",
+            "4000000000",
+        ],
+        &["load", "--addr", "127.0.0.1:1", "--rate", "0"],
         &["hold", "--addr", "127.0.0.1:1", "--duration", "5"],
     ] {
         let (code, _, err) = concur(args);

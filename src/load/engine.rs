@@ -385,6 +385,9 @@ struct Loop<'a> {
     tally: Tally,
     buf: Vec<u8>,
     live: usize,
+    /// Live connections that are not the heavy one: with none left, a `--requests`
+    /// run cannot finish, whatever the heavy connection does.
+    live_light: usize,
     light_inflight: usize,
 }
 
@@ -455,6 +458,10 @@ fn run_thread(plan: &Plan, mine: &[usize], barrier: &Barrier) -> Result<Tally> {
     }
     barrier.wait();
     let live = conns.iter().filter(|c| c.stream.is_some()).count();
+    let live_light = conns
+        .iter()
+        .filter(|c| c.stream.is_some() && !c.heavy)
+        .count();
     let mut lp = Loop {
         plan,
         poll,
@@ -462,6 +469,7 @@ fn run_thread(plan: &Plan, mine: &[usize], barrier: &Barrier) -> Result<Tally> {
         tally,
         buf: vec![0; READ_BUF],
         live,
+        live_light,
         light_inflight: 0,
     };
     lp.run()?;
@@ -491,7 +499,7 @@ impl Loop<'_> {
         let mut reported = 0;
         loop {
             let now = Instant::now();
-            if end.is_some_and(|e| now >= e) || self.live == 0 {
+            if end.is_some_and(|e| now >= e) || self.live == 0 || self.live_light == 0 {
                 break;
             }
             if plan.budget_spent() && self.light_inflight == 0 {
@@ -706,6 +714,9 @@ impl Loop<'_> {
         }
         c.inflight.clear();
         self.live -= 1;
+        if !c.heavy {
+            self.live_light -= 1;
+        }
     }
 
     fn sweep(&mut self, now: Instant) {

@@ -293,7 +293,15 @@ impl LoadArgs {
 pub fn run_load(config: &LoadConfig) -> Result<LoadReport> {
     config.validate()?;
     let addr = config.socket_addr()?;
-    let _ = crate::sys::raise_fd_limit();
+    let limit = crate::sys::raise_fd_limit().unwrap_or(1024);
+    let need = config.conns as u64 + 64;
+    if need > limit {
+        return Err(bad_input(format!(
+            "--conns {} needs about {need} file descriptors, but this process may open only \
+             {limit} (its hard limit); raise it (ulimit -Hn, LimitNOFILE) or use concur hold",
+            config.conns
+        )));
+    }
     engine::run(config, addr)
 }
 
