@@ -388,6 +388,8 @@ struct Loop<'a> {
     /// Live connections that are not the heavy one: with none left, a `--requests`
     /// run cannot finish, whatever the heavy connection does.
     live_light: usize,
+    /// Connections read in this wake-up, to be refilled together after it.
+    answered: Vec<usize>,
     light_inflight: usize,
 }
 
@@ -470,6 +472,7 @@ fn run_thread(plan: &Plan, mine: &[usize], barrier: &Barrier) -> Result<Tally> {
         buf: vec![0; READ_BUF],
         live,
         live_light,
+        answered: Vec::new(),
         light_inflight: 0,
     };
     lp.run()?;
@@ -532,13 +535,22 @@ impl Loop<'_> {
                     continue;
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.read(i, start);
+                    self.read(i);
                 }
                 if ev.is_writable() && self.conns[i].stream.is_some() {
                     self.flush(i);
                 }
             }
+            // The next requests go out together, after every reply of this wake-up
+            // was read: one short burst of writes wakes the server once, where
+            // writes spread between reads would wake it again and again.
             let now = Instant::now();
+            let mut answered = std::mem::take(&mut self.answered);
+            for &i in &answered {
+                self.refill(i, start, now);
+            }
+            answered.clear();
+            self.answered = answered;
             if now >= next_sweep {
                 self.sweep(now);
                 next_sweep = now + sweep_every;
@@ -640,8 +652,7 @@ impl Loop<'_> {
         c.wpos = 0;
     }
 
-    fn read(&mut self, i: usize, start: Instant) {
-        let mut now = Instant::now();
+    fn read(&mut self, i: usize) {
         loop {
             let c = &mut self.conns[i];
             let Some(stream) = &mut c.stream else { return };
@@ -660,7 +671,7 @@ impl Loop<'_> {
                 }
             };
             self.tally.bytes_received += n as u64;
-            now = Instant::now();
+            let now = Instant::now();
             match c.verifier.feed(&self.buf[..n], c.sent) {
                 Ok(done) => {
                     let hist = if c.heavy {
@@ -699,7 +710,7 @@ impl Loop<'_> {
                 break;
             }
         }
-        self.refill(i, start, now);
+        self.answered.push(i);
     }
 
     /// Give a connection up: count why, close it, forget what it had in flight.
