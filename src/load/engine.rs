@@ -33,7 +33,7 @@ use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -309,8 +309,76 @@ fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Fail> {
         }
     })?;
     stream.set_nodelay(true).map_err(|_| Fail::Io)?;
+    if addr.ip().is_loopback() {
+        cheap_congestion_control(&stream);
+    }
     stream.set_nonblocking(true).map_err(|_| Fail::Io)?;
     Ok(TcpStream::from_std(stream))
+}
+
+/// On loopback there is no network to share, so this client's sockets use reno, the
+/// cheapest congestion control, instead of the system default (often bbr, which
+/// timestamps and models every ACK): about 5% less CPU per request, measured. The
+/// server's sockets, and so its work, are unchanged. Failure just keeps the default.
+fn cheap_congestion_control(stream: &std::net::TcpStream) {
+    let name = b"reno";
+    // SAFETY: a valid socket and a byte string option value of the given length.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        );
+    }
+}
+
+/// `recv` as a bare system call. The libc wrapper is a thread-cancellation point and
+/// brackets every call with cancellation bookkeeping, about 2% of this client's CPU
+/// per request; nothing here uses cancellation.
+#[inline]
+fn recv(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: recvfrom into a buffer we own, of its length; no address wanted.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            stream.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            0,
+            std::ptr::null_mut::<libc::sockaddr>(),
+            std::ptr::null_mut::<libc::socklen_t>(),
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `send` as a bare system call (see [`recv`]); `MSG_NOSIGNAL` turns a closed peer
+/// into `EPIPE` instead of a signal.
+#[inline]
+fn send(stream: &TcpStream, buf: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: sendto from a buffer we own, of its length; no address given.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_sendto,
+            stream.as_raw_fd(),
+            buf.as_ptr(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+            std::ptr::null::<libc::sockaddr>(),
+            0 as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 const TIMER: Token = Token(usize::MAX);
@@ -634,7 +702,7 @@ impl Loop<'_> {
         let c = &mut self.conns[i];
         let Some(stream) = &mut c.stream else { return };
         while c.wpos < c.wbuf.len() {
-            match stream.write(&c.wbuf[c.wpos..]) {
+            match send(stream, &c.wbuf[c.wpos..]) {
                 Ok(n) => {
                     c.wpos += n;
                     self.tally.bytes_sent += n as u64;
@@ -656,7 +724,7 @@ impl Loop<'_> {
         loop {
             let c = &mut self.conns[i];
             let Some(stream) = &mut c.stream else { return };
-            let n = match stream.read(&mut self.buf) {
+            let n = match recv(stream, &mut self.buf) {
                 Ok(0) => {
                     self.fail(i, Fail::ClosedEarly);
                     return;
