@@ -676,7 +676,8 @@ impl Loop<'_> {
         let open = self.plan.rate.is_some() && !self.conns[i].heavy;
         loop {
             let c = &self.conns[i];
-            if c.inflight.len() >= self.plan.pipeline {
+            // A connection given up since it was read must not claim requests.
+            if c.stream.is_none() || c.inflight.len() >= self.plan.pipeline {
                 break;
             }
             let stamp = if open {
