@@ -49,7 +49,7 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Read buffer per thread.
@@ -183,19 +183,25 @@ pub(super) fn run(config: &LoadConfig, addr: SocketAddr) -> Result<LoadReport> {
         progress: AtomicU64::new(0),
     };
     let threads = config.threads;
-    let barrier = Barrier::new(threads + 1);
+    let gate = Gate::default();
     let tallies = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let plan = &plan;
-                let barrier = &barrier;
-                let mine: Vec<usize> = (t..config.conns).step_by(threads).collect();
-                std::thread::Builder::new()
-                    .name(format!("load-{t}"))
-                    .spawn_scoped(s, move || run_thread(plan, &mine, barrier))
-            })
-            .collect::<std::io::Result<_>>()?;
-        barrier.wait();
+        let mut handles = Vec::with_capacity(threads);
+        for t in 0..threads {
+            let (plan, gate) = (&plan, &gate);
+            let mine: Vec<usize> = (t..config.conns).step_by(threads).collect();
+            let spawned = std::thread::Builder::new()
+                .name(format!("load-{t}"))
+                .spawn_scoped(s, move || run_thread(plan, &mine, gate));
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    gate.open(false);
+                    return Err(anyhow::Error::new(e).context("starting a load thread"));
+                }
+            }
+        }
+        gate.wait_for(threads);
+        gate.open(true);
         let cpu_before = (
             crate::sys::cpu_self_and_children(),
             config.server_pid.and_then(crate::sys::proc_stat),
@@ -473,7 +479,43 @@ struct Loop<'a> {
     light_inflight: usize,
 }
 
-fn run_thread(plan: &Plan, mine: &[usize], barrier: &Barrier) -> Result<Tally> {
+/// Where the load threads wait, connected, until every thread is (so the run starts
+/// at once everywhere), or until the run is called off.
+#[derive(Default)]
+struct Gate {
+    /// Threads arrived, and the verdict once given (true: go).
+    state: Mutex<(usize, Option<bool>)>,
+    changed: Condvar,
+}
+
+impl Gate {
+    /// Arrive and wait for the verdict.
+    fn arrive(&self) -> bool {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += 1;
+        self.changed.notify_all();
+        loop {
+            if let Some(go) = g.1 {
+                return go;
+            }
+            g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn wait_for(&self, threads: usize) {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while g.0 < threads {
+            g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn open(&self, go: bool) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(go);
+        self.changed.notify_all();
+    }
+}
+
+fn run_thread(plan: &Plan, mine: &[usize], gate: &Gate) -> Result<Tally> {
     let poll = Poll::new();
     let mut tally = Tally {
         light: histogram(),
@@ -489,7 +531,7 @@ fn run_thread(plan: &Plan, mine: &[usize], barrier: &Barrier) -> Result<Tally> {
     let poll = match poll {
         Ok(p) => p,
         Err(e) => {
-            barrier.wait();
+            gate.arrive();
             return Err(e.into());
         }
     };
@@ -538,7 +580,9 @@ fn run_thread(plan: &Plan, mine: &[usize], barrier: &Barrier) -> Result<Tally> {
             waiting_since: now,
         });
     }
-    barrier.wait();
+    if !gate.arrive() {
+        return Ok(tally);
+    }
     let live = conns.iter().filter(|c| c.stream.is_some()).count();
     let live_light = conns
         .iter()
