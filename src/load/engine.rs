@@ -208,8 +208,18 @@ pub(super) fn run(config: &LoadConfig, addr: SocketAddr) -> Result<LoadReport> {
         );
         if config.progress {
             let bar = progress_bar(config);
+            let started = Instant::now();
             while !handles.iter().all(|h| h.is_finished()) {
-                bar.set_position(plan.progress.load(Ordering::Relaxed));
+                let verified = plan.progress.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                bar.set_message(format!(
+                    "{verified} verified, {:.0} req/s",
+                    verified as f64 / secs
+                ));
+                bar.set_position(match config.requests {
+                    Some(_) => verified,
+                    None => started.elapsed().as_millis() as u64,
+                });
                 std::thread::sleep(Duration::from_millis(100));
             }
             bar.finish_and_clear();
@@ -249,16 +259,18 @@ pub(super) fn run(config: &LoadConfig, addr: SocketAddr) -> Result<LoadReport> {
     Ok(report)
 }
 
+/// The bar fills with verified requests (`--requests`) or with time (`--duration`).
 fn progress_bar(config: &LoadConfig) -> indicatif::ProgressBar {
-    let bar = match config.requests {
-        Some(r) => indicatif::ProgressBar::new(r),
-        None => indicatif::ProgressBar::new_spinner(),
+    let len = match (config.requests, config.duration) {
+        (Some(r), _) => r,
+        (None, d) => d.unwrap_or(Duration::from_secs(10)).as_millis() as u64,
     };
-    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    let style = indicatif::ProgressStyle::with_template(
-        "{spinner} {elapsed_precise} {pos} verified {per_sec} {wide_bar}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    let style = indicatif::ProgressStyle::with_template("{elapsed_precise} {msg:>32} {wide_bar}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);
     bar
 }
