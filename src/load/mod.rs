@@ -12,7 +12,8 @@
 //!    flight per connection. Open loop (`--rate`) sends on a fixed schedule and counts
 //!    latency from each request's *intended* send time, so a server that stalls
 //!    cannot hide the requests that queued behind the stall (coordinated omission,
-//!    corrected as wrk2 does).
+//!    corrected as wrk2 does; unlike wrk2, the generator's own timer lateness is
+//!    not charged to the server).
 //! 3. **Not the bottleneck.** [`engine`] runs a few threads, each one epoll loop over
 //!    its share of non-blocking connections, with one reusable read buffer, no
 //!    allocation per request and a per-thread HDR histogram merged at the end.

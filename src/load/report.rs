@@ -6,7 +6,8 @@
 //! may be added but these keep their names and meanings. Latencies are microseconds
 //! read from an HDR histogram (3 significant digits), so a percentile is exact to
 //! 0.1 %. In open loop (`--rate`) a latency counts from the request's *intended*
-//! send time, so time a request spent waiting behind a stalled server is included.
+//! send time, so time a request spent waiting behind a stalled server is included
+//! (the load loop's own timer lateness is not: see `engine`).
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
