@@ -202,12 +202,14 @@ pub fn render(r: &LoadReport) -> String {
             byte(m.got)
         );
     }
-    lat_row(&mut out, "latency", &r.latency_us);
+    if r.requests_ok > 0 {
+        lat_row(&mut out, "latency", &r.latency_us);
+    }
     if let Some(h) = &r.heavy {
         let _ = writeln!(out, "heavy fib({}): requests ok {}", h.n, h.requests_ok);
         lat_row(&mut out, "heavy", &h.latency_us);
     }
-    if let Some(cpu) = &r.cpu {
+    if let Some(cpu) = r.cpu.as_ref().filter(|c| c.load.us_per_request > 0.0) {
         let _ = write!(
             out,
             "cpu: load {:.3} s = {:.2} us/request",
