@@ -89,3 +89,32 @@ fn bad_arguments_exit_two_with_one_line() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
     }
 }
+
+#[test]
+fn mix_measures_fib_1_beside_the_heavy_connection() {
+    let addr = serve(fib(), Fault::None).to_string();
+    let (code, out, err) = concur(&[
+        "load",
+        "--addr",
+        &addr,
+        "--service",
+        "fib",
+        "--conns",
+        "3",
+        "--mix",
+        "heavy=20",
+        "--duration",
+        "300ms",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (light, heavy) = (
+        v["requests_ok"].as_u64().unwrap(),
+        v["heavy"]["requests_ok"].as_u64().unwrap(),
+    );
+    assert!(light > 0 && heavy > 0, "{out}");
+    assert_eq!(v["heavy"]["n"], 20);
+    // fib(1) = 1 is "1\n"; fib(20) = 6765 is "6765\n".
+    assert_eq!(v["bytes_received"].as_u64().unwrap(), light * 2 + heavy * 5);
+}

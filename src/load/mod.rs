@@ -115,9 +115,9 @@ pub struct LoadArgs {
     /// Echo payload size in bytes
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// The n of fib(n) each fib request asks
-    #[arg(long, default_value_t = 10)]
-    pub n: u32,
+    /// The n of fib(n) each fib request asks [default: 10; 1 with --mix]
+    #[arg(long)]
+    pub n: Option<u32>,
     /// Requests in flight per connection
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
@@ -275,7 +275,7 @@ impl LoadArgs {
             duration: self.duration,
             requests: self.requests,
             size: self.size,
-            n: self.n,
+            n: self.n.unwrap_or(if self.mix.is_some() { 1 } else { 10 }),
             pipeline: self.pipeline,
             rate: self.rate,
             prefix: self.prefix.as_bytes().to_vec(),
