@@ -378,13 +378,29 @@ fn echo_view(points: &[Point]) -> View {
         at("blocking", mid, "req_per_s"),
         at("threads", mid, "req_per_s"),
     ) {
+        let alone = conns
+            .first()
+            .filter(|&&c| c < mid)
+            .and_then(|&c| at("blocking", c, "req_per_s").map(|r| (c, r)))
+            .map(|(c, r)| {
+                format!(
+                    " (with {c} connection{}: {})",
+                    if c == 1 { "" } else { "s" },
+                    human(r)
+                )
+            })
+            .unwrap_or_default();
         let errs = at("blocking", mid, "errors").unwrap_or(0.0);
+        let timeouts = if errs > 0.0 {
+            format!(", and {} requests failed or timed out", human(errs))
+        } else {
+            String::new()
+        };
         let _ = write!(
             answer,
-            "The blocking server serves one client at a time: at {mid} connections it managed {} req/s against {} for a thread per client, and {} requests waited past the timeout. ",
+            "The blocking server serves one client at a time while the rest wait in the listen backlog: at {mid} connections it managed {} req/s{alone} against {} for a thread per client{timeouts}. ",
             human(b),
             human(t),
-            human(errs)
         );
     }
     let cheapest = servers_in(&ps)
@@ -687,6 +703,9 @@ blockquote{{color:#555;border-left:4px solid #ddd;margin:0;padding-left:1em}}.an
         "<p>Parameters: <code>{}</code></p>",
         escape(&results.params.to_string())
     );
+    for n in &results.notes {
+        let _ = writeln!(s, "<p class=\"warn\">{}</p>", escape(n));
+    }
     for v in views {
         let _ = writeln!(
             s,
@@ -722,9 +741,6 @@ blockquote{{color:#555;border-left:4px solid #ddd;margin:0;padding-left:1em}}.an
             s.push_str("</ul></details>\n");
         }
     }
-    for n in &results.notes {
-        let _ = writeln!(s, "<p class=\"warn\">{}</p>", escape(n));
-    }
     s.push_str(
         "<p>Numbers are medians over repeats; results.json keeps every run.</p></body></html>\n",
     );
@@ -742,6 +758,9 @@ pub fn markdown(results: &Results, views: &[View]) -> String {
     );
     if results.interrupted {
         s.push_str("**Interrupted:** only what was measured before Ctrl-C.\n\n");
+    }
+    for n in &results.notes {
+        let _ = writeln!(s, "**Note:** {n}\n");
     }
     for v in views {
         let _ = writeln!(
