@@ -109,6 +109,15 @@ fn cell(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), human)
 }
 
+/// At most `max` characters of `s`, with an ellipsis when cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(max).collect::<String>())
+    }
+}
+
 fn secs3(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), |x| format!("{x:.3}"))
 }
@@ -516,20 +525,26 @@ fn scaling_view(points: &[Point]) -> View {
             );
         }
     }
-    let fails: Vec<String> = ps
-        .iter()
-        .filter_map(|p| match (p.error.as_ref(), conns_of(p)) {
-            (Some(e), Some(c)) => Some(format!(
-                "{} failed at {} connections: {e}",
-                p.server,
-                human(c)
-            )),
-            (Some(e), None) => Some(format!("{}: {e}", p.server)),
-            _ => None,
-        })
-        .collect();
+    let mut missing = Vec::new();
+    let mut fails = Vec::new();
+    for p in &ps {
+        match (p.error.as_ref(), conns_of(p)) {
+            (Some(e), Some(c)) => {
+                fails.push(format!("{} at {}: {}", p.server, human(c), shorten(e, 160)))
+            }
+            (Some(_), None) => missing.push(p.server.clone()),
+            _ => {}
+        }
+    }
     if !fails.is_empty() {
-        let _ = write!(answer, "Where models stopped: {}.", fails.join("; "));
+        let _ = write!(answer, "Where servers stopped: {}. ", fails.join("; "));
+    }
+    if !missing.is_empty() {
+        let _ = write!(
+            answer,
+            "Not measured (could not start): {}.",
+            missing.join(", ")
+        );
     }
     if answer.is_empty() {
         answer = "Not measured.".into();
