@@ -2,17 +2,21 @@
 //!
 //! - [`protocol`]: the echo and fib services as sans-I/O state machines.
 //! - [`fib`]: the CPU-bound kernel and `concur fib`.
-//! - [`lab`]: `concur lab`, the talk's questions as experiments and a report.
-//! - [`sys`]: CPU time, /proc readings, pinning, descriptor limits.
 //! - [`serve`]: `concur serve`, its options and the pieces every server model shares.
 //! - [`models`]: the talk's servers, one file each.
+//! - [`load`]: `concur load`, the verifying load generator.
+//! - [`hold`]: `concur hold`, the C10K test: many connections held open at once.
+//! - [`lab`]: `concur lab`, the talk's questions as experiments and a report.
+//! - [`sys`]: CPU time, /proc readings, pinning, descriptor limits.
 //! - [`error`]: errors a user can act on, and their exit codes.
 //!
 //! `src/main.rs` only parses the command line and calls into these modules.
 
 pub mod error;
 pub mod fib;
+pub mod hold;
 pub mod lab;
+pub mod load;
 pub mod logging;
 pub mod models;
 pub mod protocol;

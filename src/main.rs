@@ -21,6 +21,10 @@ enum Command {
     Fib(concur::fib::command::FibArgs),
     /// The talk's echo and fib servers, one concurrency model at a time
     Serve(concur::serve::ServeArgs),
+    /// Load a server with verified requests: closed or open loop, latency percentiles
+    Load(concur::load::LoadArgs),
+    /// The C10K question: open N connections, hold them all, one verified round trip each
+    Hold(concur::hold::HoldArgs),
     /// Run the whole talk as experiments on this machine and write a report (the main job)
     Lab(concur::lab::LabArgs),
     /// Internal: compute one fib(n) and print it (the `processes` mode's child)
@@ -66,6 +70,8 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Serve(args) => concur::serve::run(&args).map(|()| 0),
+        Command::Load(args) => concur::load::run(&args),
+        Command::Hold(args) => concur::hold::run(&args),
         Command::Lab(args) => concur::lab::run(&args, &fib::current_exe()?),
         Command::FibWorker { n } => fib::worker_main(n).map(|()| 0),
     }

@@ -70,17 +70,26 @@ fn check_results(results: &Value) {
             }
         }
         let counted = p["experiment"] == "echo" || p["experiment"] == "fibload";
-        if let (true, Some(ok), Some(errors), Some(sent)) = (
-            counted,
-            metric(p, "requests_ok"),
-            metric(p, "errors"),
-            metric(p, "sent"),
-        ) {
+        if counted && p["error"].is_null() {
+            let get = |k: &str| metric(p, k).unwrap_or_else(|| panic!("{k} missing: {p}"));
             assert_eq!(
-                ok + errors,
-                sent,
-                "the load client's own counts disagree: {p}"
+                get("errors"),
+                get("errors_by_kind"),
+                "errors by kind must add up: {p}"
             );
+            let (ok, rate, secs) = (get("requests_ok"), get("req_per_s"), get("elapsed_secs"));
+            assert!(
+                (rate * secs - ok).abs() <= ok * 0.01 + 1.0,
+                "req/s x elapsed != ok: {p}"
+            );
+            if p["experiment"] == "echo" {
+                let size = p["params"]["size"].as_f64().unwrap();
+                assert!(
+                    get("bytes_received") >= ok * size,
+                    "fewer bytes than replies: {p}"
+                );
+            }
+            assert!(get("server_cpu_secs") >= 0.0);
         }
         if p["experiment"] == "scaling" && p["error"].is_null() {
             let conns = p["params"]["conns"].as_f64().unwrap();

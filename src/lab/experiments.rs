@@ -221,29 +221,34 @@ pub fn echo(lab: &mut Lab) -> Result<()> {
                 "duration_ms".into(),
                 (lab.plan.duration.as_millis() as u64).into(),
             );
-            let mut runs = Vec::new();
-            for _ in 0..lab.plan.repeat {
-                if runner::interrupted() {
-                    break;
-                }
-                lab.step(&format!("echo: {} {case}", spec.name));
-                let args = [
-                    "--conns".to_string(),
-                    conns.to_string(),
-                    "--size".into(),
-                    size.to_string(),
-                ];
-                match load_run(lab, &server, "echo", &args) {
-                    Ok(m) => runs.push(m),
-                    Err(e) => p.error = Some(format!("{e:#}")),
-                }
-            }
-            p.set_runs(&runs);
-            lab.points.push(p);
+            let args = [
+                "--conns".to_string(),
+                conns.to_string(),
+                "--size".into(),
+                size.to_string(),
+            ];
+            repeat_load(lab, &server, "echo", &args, p);
         }
         lab.stop(server, "echo");
     }
     Ok(())
+}
+
+/// Run one point `plan.repeat` times and record it (medians, spread, or why it failed).
+fn repeat_load(lab: &mut Lab, server: &Server, service: &str, args: &[String], mut p: Point) {
+    let mut runs = Vec::new();
+    for _ in 0..lab.plan.repeat {
+        if runner::interrupted() {
+            break;
+        }
+        lab.step(&format!("{}: {} {}", p.experiment, p.server, p.case));
+        match load_run(lab, server, service, args) {
+            Ok(m) => runs.push(m),
+            Err(e) => p.error = Some(format!("{e:#}")),
+        }
+    }
+    p.set_runs(&runs);
+    lab.points.push(p);
 }
 
 /// One `concur load` run against `server`, with the server sampled around it.
@@ -289,9 +294,20 @@ fn load_run(
     let errors = num(&report, &["errors_total"]).unwrap_or(0.0);
     m.insert("requests_ok".into(), ok);
     m.insert("errors".into(), errors);
-    // The client's own count of requests sent, checked against ok + errors by the tests.
-    if let Some(sent) = num(&report, &["requests_sent"]) {
-        m.insert("sent".into(), sent);
+    // The client's own tallies, kept so the numbers can be checked against each other:
+    // errors by kind add up to the total, req/s x elapsed gives the count, and the
+    // bytes received cover every verified reply.
+    let kinds: f64 = report["errors"]
+        .as_object()
+        .map_or(0.0, |o| o.values().filter_map(Value::as_f64).sum());
+    m.insert("errors_by_kind".into(), kinds);
+    for (name, key) in [
+        ("elapsed_secs", "elapsed_secs"),
+        ("bytes_received", "bytes_received"),
+    ] {
+        if let Some(x) = num(&report, &[key]) {
+            m.insert(name.into(), x);
+        }
     }
     for (name, path) in [
         ("req_per_s", &["req_per_s"][..]),
@@ -526,19 +542,7 @@ pub fn fibload(lab: &mut Lab) -> Result<()> {
                 args = vec!["--n".into(), "1".into(), "--conns".into(), "5".into()];
                 args.extend(["--mix".to_string(), format!("heavy={heavy}")]);
             }
-            let mut runs = Vec::new();
-            for _ in 0..lab.plan.repeat {
-                if runner::interrupted() {
-                    break;
-                }
-                lab.step(&format!("fibload: {} {case}", spec.name));
-                match load_run(lab, &server, "fib", &args) {
-                    Ok(m) => runs.push(m),
-                    Err(e) => p.error = Some(format!("{e:#}")),
-                }
-            }
-            p.set_runs(&runs);
-            lab.points.push(p);
+            repeat_load(lab, &server, "fib", &args, p);
         }
         lab.stop(server, "fibload");
     }

@@ -74,44 +74,22 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn from_args(args: &LabArgs) -> Result<Plan> {
-        let models = match &args.models {
-            Some(list) => {
-                for m in list {
-                    if !experiments::RUST_MODELS.contains(&m.as_str()) {
-                        return Err(bad_input(format!(
-                            "unknown model '{m}'; models are {}",
-                            experiments::RUST_MODELS.join(", ")
-                        )));
-                    }
-                }
-                list.clone()
-            }
-            None => experiments::RUST_MODELS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        };
-        let experiments = match &args.experiments {
-            Some(list) => {
-                for e in list {
-                    if !report::EXPERIMENTS.contains(&e.as_str()) {
-                        return Err(bad_input(format!(
-                            "unknown experiment '{e}'; experiments are {}",
-                            report::EXPERIMENTS.join(", ")
-                        )));
-                    }
-                }
-                list.clone()
-            }
-            None => report::EXPERIMENTS.iter().map(|s| s.to_string()).collect(),
-        };
+    /// Resolve the options; `fd_limit` (descriptors per process) caps the scaling ladder,
+    /// since a server holding N connections needs N descriptors.
+    pub fn from_args(args: &LabArgs, fd_limit: u64) -> Result<Plan> {
+        let models = chosen(&args.models, &experiments::RUST_MODELS, "model")?;
+        let experiments = chosen(&args.experiments, &report::EXPERIMENTS, "experiment")?;
         let quick = args.quick;
         let mut hold_conns: Vec<u32> = if quick {
             vec![200]
         } else {
             vec![1000, 10_000, args.conns_max]
         };
+        let fits = u32::try_from(fd_limit.saturating_sub(1000) / 1000 * 1000).unwrap_or(u32::MAX);
+        let top = args.conns_max.min(fits.max(1000));
+        for n in &mut hold_conns {
+            *n = (*n).min(top);
+        }
         hold_conns.retain(|&n| n <= args.conns_max);
         if hold_conns.is_empty() {
             hold_conns.push(args.conns_max);
@@ -140,6 +118,20 @@ impl Plan {
             heavy: if quick { 30 } else { 36 },
             heavy_python: if quick { 22 } else { 27 },
         })
+    }
+}
+
+/// The names asked for, each checked against `known`; all of `known` when none were given.
+fn chosen(asked: &Option<Vec<String>>, known: &[&str], what: &str) -> Result<Vec<String>> {
+    let Some(list) = asked else {
+        return Ok(known.iter().map(|s| s.to_string()).collect());
+    };
+    match list.iter().find(|name| !known.contains(&name.as_str())) {
+        Some(bad) => Err(bad_input(format!(
+            "unknown {what} '{bad}'; {what}s are {}",
+            known.join(", ")
+        ))),
+        None => Ok(list.clone()),
     }
 }
 
@@ -223,14 +215,14 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
         print!("{}", report::compare(&old, &new));
         return Ok(0);
     }
-    let plan = Plan::from_args(args)?;
+    // Servers and clients inherit the raised limit: the scaling experiment needs it.
+    let fd_limit = crate::sys::raise_fd_limit().unwrap_or(1024);
+    let plan = Plan::from_args(args, fd_limit)?;
     std::fs::create_dir_all(args.out.join("logs"))
         .with_context(|| format!("creating {}", args.out.display()))?;
     runner::catch_interrupts();
     let out_abs = std::fs::canonicalize(&args.out).unwrap_or_else(|_| args.out.clone());
     runner::set_run_mark(&out_abs.to_string_lossy());
-    // Servers and clients inherit the raised limit: the scaling experiment needs it.
-    let fd_limit = crate::sys::raise_fd_limit().unwrap_or(0);
     let python = find_python(args.no_python);
     let peers = peers_dir();
     let python_ok = python.is_some() && peers.join("common.py").is_file();
@@ -263,9 +255,17 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
         notes: Vec::new(),
         progress,
     };
-    if fd_limit > 0 && (fd_limit as u64) < u64::from(args.conns_max) + 1000 {
+    if plan
+        .hold_conns
+        .last()
+        .is_some_and(|&top| top < args.conns_max)
+        && !plan.quick
+    {
         lab.notes.push(format!(
-            "the descriptor limit is {fd_limit}: holding {} connections may fail for that reason alone",
+            "Each process here may open at most {fd_limit} descriptors (its hard limit, which \
+             this process may not raise), so one server cannot hold more than that: the scaling \
+             experiment stops at {} connections instead of --conns-max {}.",
+            plan.hold_conns.last().copied().unwrap_or(0),
             args.conns_max
         ));
     }
@@ -331,4 +331,64 @@ fn load_results(path: &Path) -> Result<Results> {
             path.display()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        lab: LabArgs,
+    }
+
+    fn plan(args: &[&str], fd_limit: u64) -> Result<Plan> {
+        let cli = Cli::try_parse_from(std::iter::once("lab").chain(args.iter().copied())).unwrap();
+        Plan::from_args(&cli.lab, fd_limit)
+    }
+
+    #[test]
+    fn scaling_ladder_fits_the_descriptor_limit() {
+        assert_eq!(
+            plan(&[], 1_048_576).unwrap().hold_conns,
+            [1000, 10_000, 50_000]
+        );
+        assert_eq!(
+            plan(&[], 20_000).unwrap().hold_conns,
+            [1000, 10_000, 19_000]
+        );
+        assert_eq!(
+            plan(&["--conns-max", "5000"], 20_000).unwrap().hold_conns,
+            [1000, 5000]
+        );
+        assert_eq!(plan(&["--quick"], 20_000).unwrap().hold_conns, [200]);
+    }
+
+    #[test]
+    fn quick_is_small_and_defaults_repeat_three_times() {
+        let quick = plan(&["--quick"], 20_000).unwrap();
+        assert_eq!((quick.repeat, quick.echo_conns.len()), (1, 1));
+        let full = plan(&[], 20_000).unwrap();
+        assert_eq!(
+            (full.repeat, full.echo_conns.clone()),
+            (3, vec![1, 10, 100, 1000])
+        );
+        assert_eq!(
+            plan(&["--repeat", "5", "--quick"], 20_000).unwrap().repeat,
+            5
+        );
+    }
+
+    #[test]
+    fn unknown_names_are_refused() {
+        let err = plan(&["--models", "threads,fibers"], 20_000).unwrap_err();
+        assert_eq!(crate::error::exit_code(&err), 2);
+        assert!(err.to_string().contains("unknown model 'fibers'"), "{err}");
+        assert_eq!(
+            plan(&["--models", "epoll,async"], 20_000).unwrap().models,
+            ["epoll", "async"]
+        );
+    }
 }

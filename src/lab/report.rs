@@ -109,6 +109,15 @@ fn cell(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), human)
 }
 
+/// At most `max` characters of `s`, with an ellipsis when cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(max).collect::<String>())
+    }
+}
+
 fn secs3(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), |x| format!("{x:.3}"))
 }
@@ -378,13 +387,29 @@ fn echo_view(points: &[Point]) -> View {
         at("blocking", mid, "req_per_s"),
         at("threads", mid, "req_per_s"),
     ) {
+        let alone = conns
+            .first()
+            .filter(|&&c| c < mid)
+            .and_then(|&c| at("blocking", c, "req_per_s").map(|r| (c, r)))
+            .map(|(c, r)| {
+                format!(
+                    " (with {c} connection{}: {})",
+                    if c == 1 { "" } else { "s" },
+                    human(r)
+                )
+            })
+            .unwrap_or_default();
         let errs = at("blocking", mid, "errors").unwrap_or(0.0);
+        let timeouts = if errs > 0.0 {
+            format!(", and {} requests failed or timed out", human(errs))
+        } else {
+            String::new()
+        };
         let _ = write!(
             answer,
-            "The blocking server serves one client at a time: at {mid} connections it managed {} req/s against {} for a thread per client, and {} requests waited past the timeout. ",
+            "The blocking server serves one client at a time while the rest wait in the listen backlog: at {mid} connections it managed {} req/s{alone} against {} for a thread per client{timeouts}. ",
             human(b),
             human(t),
-            human(errs)
         );
     }
     let cheapest = servers_in(&ps)
@@ -500,20 +525,26 @@ fn scaling_view(points: &[Point]) -> View {
             );
         }
     }
-    let fails: Vec<String> = ps
-        .iter()
-        .filter_map(|p| match (p.error.as_ref(), conns_of(p)) {
-            (Some(e), Some(c)) => Some(format!(
-                "{} failed at {} connections: {e}",
-                p.server,
-                human(c)
-            )),
-            (Some(e), None) => Some(format!("{}: {e}", p.server)),
-            _ => None,
-        })
-        .collect();
+    let mut missing = Vec::new();
+    let mut fails = Vec::new();
+    for p in &ps {
+        match (p.error.as_ref(), conns_of(p)) {
+            (Some(e), Some(c)) => {
+                fails.push(format!("{} at {}: {}", p.server, human(c), shorten(e, 160)))
+            }
+            (Some(_), None) => missing.push(p.server.clone()),
+            _ => {}
+        }
+    }
     if !fails.is_empty() {
-        let _ = write!(answer, "Where models stopped: {}.", fails.join("; "));
+        let _ = write!(answer, "Where servers stopped: {}. ", fails.join("; "));
+    }
+    if !missing.is_empty() {
+        let _ = write!(
+            answer,
+            "Not measured (could not start): {}.",
+            missing.join(", ")
+        );
     }
     if answer.is_empty() {
         answer = "Not measured.".into();
@@ -687,6 +718,9 @@ blockquote{{color:#555;border-left:4px solid #ddd;margin:0;padding-left:1em}}.an
         "<p>Parameters: <code>{}</code></p>",
         escape(&results.params.to_string())
     );
+    for n in &results.notes {
+        let _ = writeln!(s, "<p class=\"warn\">{}</p>", escape(n));
+    }
     for v in views {
         let _ = writeln!(
             s,
@@ -722,9 +756,6 @@ blockquote{{color:#555;border-left:4px solid #ddd;margin:0;padding-left:1em}}.an
             s.push_str("</ul></details>\n");
         }
     }
-    for n in &results.notes {
-        let _ = writeln!(s, "<p class=\"warn\">{}</p>", escape(n));
-    }
     s.push_str(
         "<p>Numbers are medians over repeats; results.json keeps every run.</p></body></html>\n",
     );
@@ -742,6 +773,9 @@ pub fn markdown(results: &Results, views: &[View]) -> String {
     );
     if results.interrupted {
         s.push_str("**Interrupted:** only what was measured before Ctrl-C.\n\n");
+    }
+    for n in &results.notes {
+        let _ = writeln!(s, "**Note:** {n}\n");
     }
     for v in views {
         let _ = writeln!(

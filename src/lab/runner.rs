@@ -204,10 +204,27 @@ impl WaitTimeout for Child {
 /// The last non-empty line of a log file.
 pub fn last_line(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| l.trim().to_string())
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    Some(strip_ansi(line).trim().to_string())
+}
+
+/// Remove ANSI escape sequences (`ESC [ ... letter`): logs written by a program that
+/// thought it had a terminal.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Run a client that prints one JSON object, pinned to `core`, killed after `limit`.
@@ -297,6 +314,14 @@ mod tests {
         assert!(group_alive(pid));
         server.stop().unwrap();
         assert!(!group_alive(pid), "the server's child must be gone too");
+    }
+
+    #[test]
+    fn colour_codes_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m refused"),
+            "2026  WARN refused"
+        );
     }
 
     #[test]

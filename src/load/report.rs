@@ -1,0 +1,228 @@
+//! What `concur load` found: the result struct, its JSON, and the human table.
+//!
+//! The JSON keys are a contract with scripts (and with `concur lab`): `requests_ok`,
+//! `errors_total`, `errors` (counts by kind), `req_per_s`, `mb_per_s` and
+//! `latency_us` (`p50`, `p90`, `p99`, `p999`, `max`) are always present; other keys
+//! may be added but these keep their names and meanings. Latencies are microseconds
+//! read from an HDR histogram (3 significant digits), so a percentile is exact to
+//! 0.1 %. In open loop (`--rate`) a latency counts from the request's *intended*
+//! send time, so time a request spent waiting behind a stalled server is included
+//! (the load loop's own timer lateness is not: see `engine`).
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// Failures by kind. A connection that fails is closed and counted once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorCounts {
+    /// The connection was refused (nothing listening, or the backlog was full).
+    pub refused: u64,
+    /// A reply did not arrive within `--timeout`.
+    pub timeout: u64,
+    /// A reply byte differed from what a correct server sends.
+    pub mismatch: u64,
+    /// The server closed (or reset) the connection while we were using it.
+    pub closed_early: u64,
+    /// Connecting failed for another reason (unreachable, timed out...).
+    pub connect: u64,
+    /// Any other socket error.
+    pub io: u64,
+}
+
+impl ErrorCounts {
+    pub fn total(&self) -> u64 {
+        self.refused + self.timeout + self.mismatch + self.closed_early + self.connect + self.io
+    }
+
+    pub fn add(&mut self, other: &ErrorCounts) {
+        self.refused += other.refused;
+        self.timeout += other.timeout;
+        self.mismatch += other.mismatch;
+        self.closed_early += other.closed_early;
+        self.connect += other.connect;
+        self.io += other.io;
+    }
+}
+
+/// Where the first wrong reply byte was seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirstMismatch {
+    /// Connection index (0-based).
+    pub conn: usize,
+    /// Request index on that connection (0-based).
+    pub request: u64,
+    /// Byte offset in that connection's reply stream.
+    pub offset: u64,
+    /// The byte a correct server could have sent (absent: nothing more was owed).
+    pub expected: Option<u8>,
+    /// The byte received.
+    pub got: u8,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Latency {
+    /// Percentiles of a histogram recorded in nanoseconds.
+    pub fn from_histogram(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
+        Latency {
+            p50: us(h.value_at_quantile(0.50)),
+            p90: us(h.value_at_quantile(0.90)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+            mean: (h.mean() / 100.0).round() / 10.0,
+        }
+    }
+}
+
+/// The heavy connection of `--mix heavy=K`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeavyReport {
+    /// The K in fib(K).
+    pub n: u32,
+    pub requests_ok: u64,
+    pub latency_us: Latency,
+}
+
+/// The result of one `concur load` run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub addr: String,
+    pub service: String,
+    /// `closed` (each connection keeps `pipeline` requests in flight) or `open` (`--rate`).
+    pub mode: String,
+    pub conns: usize,
+    pub threads: usize,
+    pub pipeline: usize,
+    /// The open-loop target rate, requests per second.
+    pub rate: Option<f64>,
+    /// Wall time from the first request to the end of the run.
+    pub elapsed_secs: f64,
+    /// Replies verified byte for byte (with `--mix`, the light requests only).
+    pub requests_ok: u64,
+    pub errors_total: u64,
+    pub errors: ErrorCounts,
+    pub first_mismatch: Option<FirstMismatch>,
+    pub req_per_s: f64,
+    /// Reply bytes received per second, in 10^6 bytes.
+    pub mb_per_s: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub latency_us: Latency,
+    /// Present with `--mix heavy=K`.
+    pub heavy: Option<HeavyReport>,
+    /// CPU time (user+sys) spent during the run, by this load generator and, given
+    /// `--server-pid`, by the server.
+    pub cpu: Option<CpuReport>,
+}
+
+/// CPU time of one process over the run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CpuUse {
+    /// User plus system seconds.
+    pub secs: f64,
+    /// Those seconds per verified request (light and heavy), in microseconds.
+    pub us_per_request: f64,
+}
+
+/// Who paid how much CPU for the requests: the yardstick for "the load generator is
+/// never the bottleneck" (its cost per request must stay below the server's).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CpuReport {
+    pub load: CpuUse,
+    /// From /proc/PID/stat (10 ms ticks: run a few seconds for a precise figure).
+    pub server: Option<CpuUse>,
+}
+
+impl LoadReport {
+    /// 0 if every reply verified, 1 otherwise (or if nothing completed at all).
+    pub fn exit_code(&self) -> u8 {
+        if self.errors_total == 0 && self.requests_ok > 0 {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+fn lat_row(out: &mut String, label: &str, l: &Latency) {
+    let _ = writeln!(
+        out,
+        "{label:<10} p50 {:>9.1}  p90 {:>9.1}  p99 {:>9.1}  p99.9 {:>9.1}  max {:>9.1}  (us)",
+        l.p50, l.p90, l.p99, l.p999, l.max
+    );
+}
+
+/// The human report.
+pub fn render(r: &LoadReport) -> String {
+    let mut out = String::new();
+    let rate = r.rate.map(|x| format!(" at {x} req/s")).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{} {} | {} loop{rate} | {} conns, pipeline {}, {} thread(s) | {:.2} s",
+        r.service, r.addr, r.mode, r.conns, r.pipeline, r.threads, r.elapsed_secs
+    );
+    let _ = writeln!(
+        out,
+        "requests ok {}   errors {}   {:.0} req/s   {:.2} MB/s",
+        r.requests_ok, r.errors_total, r.req_per_s, r.mb_per_s
+    );
+    if r.errors_total > 0 {
+        let e = &r.errors;
+        let _ = writeln!(
+            out,
+            "errors: refused {}  timeout {}  mismatch {}  closed_early {}  connect {}  io {}",
+            e.refused, e.timeout, e.mismatch, e.closed_early, e.connect, e.io
+        );
+    }
+    if let Some(m) = &r.first_mismatch {
+        let byte = |b: u8| std::ascii::escape_default(b).to_string();
+        let _ = writeln!(
+            out,
+            "first mismatch: conn {} request {} offset {}: expected {}, got '{}'",
+            m.conn,
+            m.request,
+            m.offset,
+            m.expected
+                .map_or("end of reply".to_string(), |b| format!("'{}'", byte(b))),
+            byte(m.got)
+        );
+    }
+    if r.requests_ok > 0 {
+        lat_row(&mut out, "latency", &r.latency_us);
+    }
+    if let Some(h) = &r.heavy {
+        let _ = writeln!(out, "heavy fib({}): requests ok {}", h.n, h.requests_ok);
+        lat_row(&mut out, "heavy", &h.latency_us);
+    }
+    if let Some(cpu) = r.cpu.as_ref().filter(|c| c.load.us_per_request > 0.0) {
+        let _ = write!(
+            out,
+            "cpu: load {:.3} s = {:.2} us/request",
+            cpu.load.secs, cpu.load.us_per_request
+        );
+        if let Some(s) = &cpu.server {
+            let _ = write!(
+                out,
+                "; server {:.3} s = {:.2} us/request",
+                s.secs, s.us_per_request
+            );
+        }
+        let _ = writeln!(out);
+    }
+    out
+}

@@ -1,0 +1,456 @@
+//! Sans-I/O reply verifiers: is the byte stream a server sent back exactly right?
+//!
+//! TCP has no messages, so a verifier never assumes a reply arrives in one read. It
+//! is fed whatever each client-side read returned and keeps just enough state to
+//! judge the next byte: it knows every request the connection sent, so it knows
+//! every byte a correct server may send next. The first byte that cannot belong to
+//! any correct reply stream is a [`Mismatch`], reported with its offset in the
+//! connection's reply stream.
+//!
+//! - [`EchoVerifier`]: the talk's echo server sends `prefix + chunk` once per
+//!   *server-side* read, so the prefix may appear anywhere in the reply stream, as
+//!   often as the server's reads were split. Payload bytes are drawn from an alphabet
+//!   that never holds the prefix's first byte, so that byte always means "a prefix
+//!   starts here" and the payload is compared exactly, byte for byte.
+//! - [`FibVerifier`]: every request asks the same `n`, so every reply is the same
+//!   line `fib(n)\n`, computed once with the exact fib and compared byte for byte.
+//!
+//! Neither allocates per request: payloads are windows into one shared random
+//! [`PayloadPool`], chosen by request number, so the sender and the verifier agree
+//! on request k's bytes without remembering them.
+
+use std::sync::Arc;
+
+/// The first byte at which a reply stream went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Index of the request whose reply was being read (0-based, per connection).
+    pub request: u64,
+    /// Byte offset in the connection's reply stream.
+    pub offset: u64,
+    /// The byte a correct server could have sent here (`None`: nothing was owed).
+    pub expected: Option<u8>,
+    /// The byte received.
+    pub got: u8,
+}
+
+/// Where two equally long slices first differ: one `memcmp` in the common case
+/// (equal), a byte loop only to locate a difference.
+#[inline]
+fn first_difference(got: &[u8], want: &[u8]) -> Option<usize> {
+    if got == want {
+        None
+    } else {
+        got.iter().zip(want).position(|(a, b)| a != b)
+    }
+}
+
+/// Payload characters: ASCII letters and digits, so a mismatch is readable.
+const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/// How far apart consecutive requests' windows start in the pool (a prime, so
+/// windows rarely repeat).
+const STRIDE: u64 = 8191;
+
+/// One block of random payload bytes shared by every connection of a run; request
+/// `k` of a connection with seed `s` sends the window at `(s + k * STRIDE) mod room`.
+#[derive(Debug, Clone)]
+pub struct PayloadPool {
+    bytes: Arc<[u8]>,
+    size: usize,
+}
+
+impl PayloadPool {
+    /// Random bytes for payloads of `size`, none equal to `prefix[0]`.
+    pub fn new(size: usize, prefix: &[u8], seed: u64) -> Self {
+        let alphabet: Vec<u8> = ALPHABET
+            .iter()
+            .copied()
+            .filter(|&b| prefix.first() != Some(&b))
+            .collect();
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let len = size + 65_536;
+        let bytes: Arc<[u8]> = (0..len)
+            .map(|_| alphabet[rng.usize(..alphabet.len())])
+            .collect();
+        PayloadPool { bytes, size }
+    }
+
+    /// The payload size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The payload of request `k` on a connection with seed `seed`.
+    #[inline]
+    pub fn payload(&self, seed: u64, k: u64) -> &[u8] {
+        let room = (self.bytes.len() - self.size + 1) as u64;
+        let start = (seed.wrapping_add(k.wrapping_mul(STRIDE)) % room) as usize;
+        &self.bytes[start..start + self.size]
+    }
+}
+
+/// Verifies an echo reply stream: payload bytes in order, with the prefix allowed
+/// before any of them (where the server's reads were split), but required first.
+#[derive(Debug, Clone)]
+pub struct EchoVerifier {
+    pool: PayloadPool,
+    seed: u64,
+    prefix: Arc<[u8]>,
+    /// Bytes of the prefix matched so far (0: not inside a prefix).
+    in_prefix: usize,
+    /// Request whose payload is being received, and the offset in it.
+    request: u64,
+    at: usize,
+    /// Bytes consumed from the reply stream.
+    offset: u64,
+}
+
+impl EchoVerifier {
+    pub fn new(pool: PayloadPool, seed: u64, prefix: Arc<[u8]>) -> Self {
+        EchoVerifier {
+            pool,
+            seed,
+            prefix,
+            in_prefix: 0,
+            request: 0,
+            at: 0,
+            offset: 0,
+        }
+    }
+
+    /// Check one chunk of reply. `sent` is how many requests were sent so far; a
+    /// byte beyond them is a mismatch. Returns how many requests completed.
+    pub fn feed(&mut self, mut data: &[u8], sent: u64) -> Result<u64, Mismatch> {
+        let before = self.request;
+        let prefix = &*self.prefix;
+        while !data.is_empty() {
+            if self.in_prefix > 0 {
+                // Inside a prefix: match as much of its rest as this chunk holds.
+                let want = &prefix[self.in_prefix..];
+                let n = want.len().min(data.len());
+                if let Some(i) = first_difference(&data[..n], &want[..n]) {
+                    return Err(self.mismatch(i, Some(want[i]), data[i]));
+                }
+                self.in_prefix = (self.in_prefix + n) % prefix.len();
+                self.offset += n as u64;
+                data = &data[n..];
+                continue;
+            }
+            if !prefix.is_empty() && data[0] == prefix[0] {
+                self.in_prefix = 1 % prefix.len();
+                self.offset += 1;
+                data = &data[1..];
+                continue;
+            }
+            if !prefix.is_empty() && self.offset == 0 {
+                return Err(self.mismatch(0, Some(prefix[0]), data[0]));
+            }
+            if self.request >= sent {
+                return Err(self.mismatch(0, None, data[0]));
+            }
+            // Payload bytes up to the next possible prefix or the end of this request.
+            let expected = &self.pool.payload(self.seed, self.request)[self.at..];
+            let mut n = expected.len().min(data.len());
+            if let Some(p) = prefix.first()
+                && let Some(i) = data[..n].iter().position(|b| b == p)
+            {
+                n = i;
+            }
+            if let Some(i) = first_difference(&data[..n], &expected[..n]) {
+                return Err(self.mismatch(i, Some(expected[i]), data[i]));
+            }
+            self.at += n;
+            self.offset += n as u64;
+            data = &data[n..];
+            if self.at == self.pool.size() {
+                self.at = 0;
+                self.request += 1;
+            }
+        }
+        Ok(self.request - before)
+    }
+
+    fn mismatch(&self, i: usize, expected: Option<u8>, got: u8) -> Mismatch {
+        Mismatch {
+            request: self.request,
+            offset: self.offset + i as u64,
+            expected,
+            got,
+        }
+    }
+}
+
+/// Verifies a fib reply stream: the same line `fib(n)\n` once per request.
+#[derive(Debug, Clone)]
+pub struct FibVerifier {
+    line: Arc<[u8]>,
+    at: usize,
+    request: u64,
+    offset: u64,
+}
+
+impl FibVerifier {
+    /// A verifier for replies to fib(`n`), as the talk defines it (fib(0) = 1).
+    pub fn new(n: u32) -> Self {
+        let line: Arc<[u8]> = format!("{}\n", crate::fib::exact(n)).into_bytes().into();
+        FibVerifier {
+            line,
+            at: 0,
+            request: 0,
+            offset: 0,
+        }
+    }
+
+    /// The request line to send for `n`: `n\n`, or `n?` in the talk's select framing.
+    pub fn request_line(n: u32, question: bool) -> Vec<u8> {
+        format!("{n}{}", if question { '?' } else { '\n' }).into_bytes()
+    }
+
+    /// Check one chunk of reply; returns how many requests completed.
+    pub fn feed(&mut self, mut data: &[u8], sent: u64) -> Result<u64, Mismatch> {
+        let before = self.request;
+        while !data.is_empty() {
+            if self.request >= sent {
+                return Err(self.mismatch(0, None, data[0]));
+            }
+            let want = &self.line[self.at..];
+            let n = want.len().min(data.len());
+            if let Some(i) = first_difference(&data[..n], &want[..n]) {
+                return Err(self.mismatch(i, Some(want[i]), data[i]));
+            }
+            self.at += n;
+            self.offset += n as u64;
+            data = &data[n..];
+            if self.at == self.line.len() {
+                self.at = 0;
+                self.request += 1;
+            }
+        }
+        Ok(self.request - before)
+    }
+
+    fn mismatch(&self, i: usize, expected: Option<u8>, got: u8) -> Mismatch {
+        Mismatch {
+            request: self.request,
+            offset: self.offset + i as u64,
+            expected,
+            got,
+        }
+    }
+}
+
+/// Either verifier, dispatched by a branch rather than a virtual call.
+#[derive(Debug, Clone)]
+pub enum Verifier {
+    Echo(EchoVerifier),
+    Fib(FibVerifier),
+}
+
+impl Verifier {
+    /// Check one chunk of reply; returns how many requests completed.
+    #[inline]
+    pub fn feed(&mut self, data: &[u8], sent: u64) -> Result<u64, Mismatch> {
+        match self {
+            Verifier::Echo(v) => v.feed(data, sent),
+            Verifier::Fib(v) => v.feed(data, sent),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Flow, ServiceSpec};
+    use proptest::prelude::*;
+
+    const TALK: &[u8] = b"Received: ";
+
+    /// Cut `data` at the given points (modulo its length).
+    fn split(data: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for c in cuts.into_iter().chain([data.len()]) {
+            if c > start {
+                out.push(data[start..c].to_vec());
+                start = c;
+            }
+        }
+        out
+    }
+
+    /// What the talk's server sends back for `requests` read in `server_cuts` chunks.
+    fn serve(spec: &ServiceSpec, stream: &[u8], server_cuts: &[usize]) -> Vec<u8> {
+        let mut session = spec.session();
+        let mut out = Vec::new();
+        for chunk in split(stream, server_cuts) {
+            assert_eq!(session.feed(&chunk, &mut out), Flow::Continue);
+        }
+        out
+    }
+
+    fn echo_requests(pool: &PayloadPool, seed: u64, count: u64) -> Vec<u8> {
+        (0..count)
+            .flat_map(|k| pool.payload(seed, k).to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn payloads_avoid_the_prefix_start() {
+        let pool = PayloadPool::new(100, TALK, 7);
+        assert!((0..1000).all(|k| !pool.payload(3, k).contains(&b'R')));
+        assert_ne!(pool.payload(3, 0), pool.payload(3, 1));
+    }
+
+    #[test]
+    fn echo_whole_reply() {
+        let pool = PayloadPool::new(8, TALK, 1);
+        let mut v = EchoVerifier::new(pool.clone(), 0, TALK.into());
+        let mut reply = TALK.to_vec();
+        reply.extend_from_slice(pool.payload(0, 0));
+        assert_eq!(v.feed(&reply, 1), Ok(1));
+    }
+
+    #[test]
+    fn echo_reports_first_bad_byte() {
+        let pool = PayloadPool::new(8, TALK, 1);
+        let mut v = EchoVerifier::new(pool.clone(), 0, TALK.into());
+        let mut reply = TALK.to_vec();
+        reply.extend_from_slice(pool.payload(0, 0));
+        let good = reply[13];
+        reply[13] = b'#';
+        let m = v.feed(&reply, 1).unwrap_err();
+        assert_eq!(
+            m,
+            Mismatch {
+                request: 0,
+                offset: 13,
+                expected: Some(good),
+                got: b'#'
+            }
+        );
+    }
+
+    #[test]
+    fn echo_needs_the_prefix_first_and_nothing_extra() {
+        let pool = PayloadPool::new(4, TALK, 1);
+        let mut v = EchoVerifier::new(pool.clone(), 0, TALK.into());
+        let m = v.feed(pool.payload(0, 0), 1).unwrap_err();
+        assert_eq!((m.offset, m.expected), (0, Some(b'R')));
+        let mut v = EchoVerifier::new(pool.clone(), 0, TALK.into());
+        let mut reply = TALK.to_vec();
+        reply.extend_from_slice(pool.payload(0, 0));
+        reply.push(b'x');
+        let m = v.feed(&reply, 1).unwrap_err();
+        assert_eq!((m.request, m.offset, m.expected), (1, 14, None));
+    }
+
+    #[test]
+    fn broken_prefix_is_a_mismatch() {
+        let pool = PayloadPool::new(4, TALK, 1);
+        let mut v = EchoVerifier::new(pool, 0, TALK.into());
+        let m = v.feed(b"Rec!", 1).unwrap_err();
+        assert_eq!((m.offset, m.expected, m.got), (3, Some(b'e'), b'!'));
+    }
+
+    #[test]
+    fn fib_lines() {
+        let mut v = FibVerifier::new(10);
+        assert_eq!(v.feed(b"55\n5", 2), Ok(1));
+        assert_eq!(v.feed(b"5\n", 2), Ok(1));
+        let m = v.feed(b"5", 2).unwrap_err();
+        assert_eq!((m.request, m.expected), (2, None));
+        let mut v = FibVerifier::new(0);
+        assert_eq!(v.feed(b"1\n", 1), Ok(1), "the talk's fib(0) is 1");
+    }
+
+    #[test]
+    fn fib_missing_newline_shows_at_the_next_reply() {
+        let mut v = FibVerifier::new(10);
+        let m = v.feed(b"5555\n", 2).unwrap_err();
+        assert_eq!(
+            m,
+            Mismatch {
+                request: 0,
+                offset: 2,
+                expected: Some(b'\n'),
+                got: b'5'
+            }
+        );
+    }
+
+    #[test]
+    fn server_chunk_boundary_at_every_position() {
+        let pool = PayloadPool::new(64, TALK, 9);
+        let spec = ServiceSpec::Echo {
+            prefix: TALK.to_vec(),
+        };
+        let stream = echo_requests(&pool, 5, 3);
+        for cut in 0..=stream.len() {
+            let reply = serve(&spec, &stream, &[cut]);
+            let mut v = EchoVerifier::new(pool.clone(), 5, TALK.into());
+            assert_eq!(v.feed(&reply, 3), Ok(3), "cut at {cut}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn echo_any_chunking_verifies(size in 1usize..100, count in 1u64..8, seed in any::<u64>(),
+                                      server_cuts in proptest::collection::vec(any::<usize>(), 0..20),
+                                      client_cuts in proptest::collection::vec(any::<usize>(), 0..20),
+                                      plain in any::<bool>()) {
+            let prefix: &[u8] = if plain { b"" } else { TALK };
+            let pool = PayloadPool::new(size, prefix, seed);
+            let spec = ServiceSpec::Echo { prefix: prefix.to_vec() };
+            let stream = echo_requests(&pool, seed, count);
+            let reply = serve(&spec, &stream, &server_cuts);
+            let mut v = EchoVerifier::new(pool, seed, prefix.into());
+            let mut done = 0;
+            for chunk in split(&reply, &client_cuts) {
+                done += v.feed(&chunk, count).unwrap();
+            }
+            prop_assert_eq!(done, count);
+        }
+
+        #[test]
+        fn echo_any_corruption_is_found_at_its_offset(size in 1usize..50, count in 1u64..5,
+                                                      server_cuts in proptest::collection::vec(any::<usize>(), 0..10),
+                                                      client_cuts in proptest::collection::vec(any::<usize>(), 0..10),
+                                                      at in any::<usize>()) {
+            let pool = PayloadPool::new(size, TALK, 3);
+            let spec = ServiceSpec::Echo { prefix: TALK.to_vec() };
+            let mut reply = serve(&spec, &echo_requests(&pool, 0, count), &server_cuts);
+            let at = at % reply.len();
+            reply[at] = b'#';
+            let mut v = EchoVerifier::new(pool, 0, TALK.into());
+            let mut found = None;
+            for chunk in split(&reply, &client_cuts) {
+                if let Err(m) = v.feed(&chunk, count) {
+                    found = Some(m);
+                    break;
+                }
+            }
+            let m = found.expect("corruption missed");
+            prop_assert_eq!(m.offset, at as u64);
+            prop_assert_eq!(m.got, b'#');
+        }
+
+        #[test]
+        fn fib_any_chunking_verifies(n in 0u32..25, count in 1u64..10, question in any::<bool>(),
+                                     server_cuts in proptest::collection::vec(any::<usize>(), 0..20),
+                                     client_cuts in proptest::collection::vec(any::<usize>(), 0..20)) {
+            let spec = ServiceSpec::Fib { max_n: 30 };
+            let stream: Vec<u8> = (0..count).flat_map(|_| FibVerifier::request_line(n, question)).collect();
+            let reply = serve(&spec, &stream, &server_cuts);
+            let mut v = FibVerifier::new(n);
+            let mut done = 0;
+            for chunk in split(&reply, &client_cuts) {
+                done += v.feed(&chunk, count).unwrap();
+            }
+            prop_assert_eq!(done, count);
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! `concur load` as a script sees it: JSON keys, exit statuses, one-line errors.
+
+mod common;
+
+use common::{Fault, echo, fib, serve};
+use std::process::Command;
+
+fn concur(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_concur"))
+        .args(args)
+        .output()
+        .expect("run concur");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn json_keys_and_exit_zero() {
+    let addr = serve(echo(), Fault::None).to_string();
+    let (code, out, err) = concur(&[
+        "load",
+        "--addr",
+        &addr,
+        "--conns",
+        "2",
+        "--requests",
+        "200",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(v["requests_ok"], 200);
+    assert_eq!(v["errors_total"], 0);
+    for kind in ["refused", "timeout", "mismatch", "closed_early"] {
+        assert_eq!(v["errors"][kind], 0, "{kind}");
+    }
+    assert!(v["req_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["mb_per_s"].as_f64().unwrap() > 0.0);
+    for p in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(v["latency_us"][p].as_f64().unwrap() > 0.0, "{p}");
+    }
+    let _: concur::load::LoadReport = serde_json::from_str(&out).expect("LoadReport");
+}
+
+#[test]
+fn mismatch_exits_one_and_says_where() {
+    let addr = serve(fib(), Fault::CorruptEvery(3)).to_string();
+    let (code, out, _) = concur(&[
+        "load",
+        "--addr",
+        &addr,
+        "--service",
+        "fib",
+        "--conns",
+        "1",
+        "--requests",
+        "10",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("first mismatch: conn 0 request 2 offset 6"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_arguments_exit_two_with_one_line() {
+    for args in [
+        &["load", "--addr", "127.0.0.1:1", "--duration", "10x"][..],
+        &["load", "--addr", "127.0.0.1:1", "--mix", "heavy=20"],
+        &["load", "--addr", "127.0.0.1:1", "--conns", "0"],
+        &["load", "--addr", "nowhere"],
+        &["load", "--addr", "127.0.0.1:1", "--conns", "4000000000"],
+        &[
+            "load",
+            "--addr",
+            "127.0.0.1:1",
+            "--server-pid",
+            "4000000000",
+        ],
+        &["load", "--addr", "127.0.0.1:1", "--rate", "0"],
+        &["hold", "--addr", "127.0.0.1:1", "--duration", "5"],
+    ] {
+        let (code, _, err) = concur(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn mix_measures_fib_1_beside_the_heavy_connection() {
+    let addr = serve(fib(), Fault::None).to_string();
+    let (code, out, err) = concur(&[
+        "load",
+        "--addr",
+        &addr,
+        "--service",
+        "fib",
+        "--conns",
+        "3",
+        "--mix",
+        "heavy=20",
+        "--duration",
+        "300ms",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (light, heavy) = (
+        v["requests_ok"].as_u64().unwrap(),
+        v["heavy"]["requests_ok"].as_u64().unwrap(),
+    );
+    assert!(light > 0 && heavy > 0, "{out}");
+    assert_eq!(v["heavy"]["n"], 20);
+    // fib(1) = 1 is "1\n"; fib(20) = 6765 is "6765\n".
+    assert_eq!(v["bytes_received"].as_u64().unwrap(), light * 2 + heavy * 5);
+}

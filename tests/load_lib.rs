@@ -1,0 +1,251 @@
+//! `concur::load::run_load` against in-process servers: exact counts, every fault
+//! reported with the right kind, and the open loop's corrected latency.
+
+mod common;
+
+use common::{Fault, dead_port, echo, fib, serve};
+use concur::load::{LoadConfig, LoadReport, Service, run_load};
+use concur::protocol::ServiceSpec;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn config(addr: SocketAddr, service: Service) -> LoadConfig {
+    let mut c = LoadConfig::new(addr.to_string(), service);
+    c.timeout = Duration::from_secs(5);
+    c
+}
+
+fn run(c: &LoadConfig) -> LoadReport {
+    run_load(c).expect("load run")
+}
+
+#[test]
+fn echo_counts_are_exact() {
+    let addr = serve(echo(), Fault::None);
+    let mut c = config(addr, Service::Echo);
+    c.conns = 4;
+    c.requests = Some(1000);
+    let r = run(&c);
+    assert_eq!((r.requests_ok, r.errors_total), (1000, 0), "{r:?}");
+    assert_eq!(r.bytes_sent, 1000 * 64);
+    assert!(r.bytes_received >= 1000 * 74);
+    assert_eq!(r.exit_code(), 0);
+    assert!(r.latency_us.p50 > 0.0 && r.latency_us.max >= r.latency_us.p999);
+}
+
+#[test]
+fn pipelined_echo_over_two_threads_is_exact() {
+    let addr = serve(echo(), Fault::None);
+    let mut c = config(addr, Service::Echo);
+    c.conns = 3;
+    c.threads = 2;
+    c.pipeline = 8;
+    c.size = 1000;
+    c.requests = Some(999);
+    let r = run(&c);
+    assert_eq!((r.requests_ok, r.errors_total), (999, 0), "{r:?}");
+    assert_eq!(r.bytes_sent, 999 * 1000);
+}
+
+#[test]
+fn plain_echo_without_prefix() {
+    let addr = serve(ServiceSpec::Echo { prefix: Vec::new() }, Fault::None);
+    let mut c = config(addr, Service::Echo);
+    c.prefix = Vec::new();
+    c.requests = Some(300);
+    c.pipeline = 4;
+    let r = run(&c);
+    assert_eq!((r.requests_ok, r.errors_total), (300, 0), "{r:?}");
+    assert_eq!(r.bytes_received, 300 * 64);
+}
+
+#[test]
+fn fib_counts_are_exact_with_both_terminators() {
+    let addr = serve(fib(), Fault::None);
+    for question in [false, true] {
+        let mut c = config(addr, Service::Fib);
+        c.n = 20;
+        c.conns = 2;
+        c.pipeline = 3;
+        c.question = question;
+        c.requests = Some(500);
+        let r = run(&c);
+        assert_eq!((r.requests_ok, r.errors_total), (500, 0), "{r:?}");
+        assert_eq!(r.bytes_received, 500 * "6765\n".len() as u64);
+    }
+}
+
+#[test]
+fn server_chunk_boundary_at_every_position() {
+    // The server reads k bytes at a time, so its prefix lands every k bytes of the
+    // stream; over k = 1..=65 a boundary falls at every offset of a 64-byte payload.
+    for k in 1..=65 {
+        let addr = serve(echo(), Fault::ReadChunk(k));
+        let mut c = config(addr, Service::Echo);
+        c.conns = 1;
+        c.pipeline = 2;
+        c.requests = Some(6);
+        let r = run(&c);
+        assert_eq!(
+            (r.requests_ok, r.errors.mismatch),
+            (6, 0),
+            "chunk {k}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn corrupted_fib_byte_is_a_mismatch_at_its_offset() {
+    let addr = serve(fib(), Fault::CorruptEvery(10));
+    let mut c = config(addr, Service::Fib);
+    c.conns = 1;
+    c.requests = Some(100);
+    let r = run(&c);
+    assert_eq!(
+        (r.requests_ok, r.errors.mismatch, r.errors_total),
+        (9, 1, 1)
+    );
+    let m = r.first_mismatch.clone().expect("first mismatch");
+    assert_eq!(
+        (m.conn, m.request, m.offset),
+        (0, 9, 27),
+        "55\\n is 3 bytes"
+    );
+    assert_eq!((m.expected, m.got), (Some(b'5'), b'#'));
+    assert_eq!(r.exit_code(), 1);
+}
+
+#[test]
+fn corrupted_echo_byte_is_a_mismatch_at_its_offset() {
+    let addr = serve(echo(), Fault::CorruptEvery(5));
+    let mut c = config(addr, Service::Echo);
+    c.conns = 1;
+    c.requests = Some(50);
+    let r = run(&c);
+    assert_eq!(
+        (r.requests_ok, r.errors.mismatch, r.errors_total),
+        (4, 1, 1)
+    );
+    let m = r.first_mismatch.expect("first mismatch");
+    assert_eq!((m.request, m.offset, m.got), (4, 4 * 74 + 37, b'#'));
+}
+
+#[test]
+fn missing_newline_is_a_mismatch_when_the_next_reply_comes() {
+    let addr = serve(fib(), Fault::MissingNewline(3));
+    let mut c = config(addr, Service::Fib);
+    c.conns = 1;
+    c.pipeline = 2;
+    c.requests = Some(20);
+    let r = run(&c);
+    assert_eq!(
+        (r.requests_ok, r.errors.mismatch, r.errors_total),
+        (2, 1, 1)
+    );
+    let m = r.first_mismatch.expect("first mismatch");
+    assert_eq!(
+        (m.request, m.offset, m.expected, m.got),
+        (2, 8, Some(b'\n'), b'5')
+    );
+}
+
+#[test]
+fn missing_newline_is_a_timeout_when_nothing_follows() {
+    let addr = serve(fib(), Fault::MissingNewline(3));
+    let mut c = config(addr, Service::Fib);
+    c.conns = 1;
+    c.requests = Some(20);
+    c.timeout = Duration::from_millis(200);
+    let r = run(&c);
+    assert_eq!((r.requests_ok, r.errors.timeout, r.errors_total), (2, 1, 1));
+}
+
+#[test]
+fn early_close_is_closed_early() {
+    let addr = serve(echo(), Fault::CloseAfter(5));
+    let mut c = config(addr, Service::Echo);
+    c.conns = 2;
+    c.requests = Some(100);
+    let r = run(&c);
+    assert_eq!(
+        (r.requests_ok, r.errors.closed_early, r.errors_total),
+        (10, 2, 2)
+    );
+    assert_eq!(r.exit_code(), 1);
+}
+
+#[test]
+fn silent_server_is_a_timeout() {
+    let addr = serve(fib(), Fault::Silent);
+    let mut c = config(addr, Service::Fib);
+    c.conns = 3;
+    c.requests = Some(10);
+    c.timeout = Duration::from_millis(200);
+    let r = run(&c);
+    assert_eq!((r.requests_ok, r.errors.timeout, r.errors_total), (0, 3, 3));
+}
+
+#[test]
+fn nothing_listening_is_refused() {
+    let mut c = config(dead_port(), Service::Echo);
+    c.conns = 3;
+    c.requests = Some(10);
+    let r = run(&c);
+    assert_eq!((r.requests_ok, r.errors.refused, r.errors_total), (0, 3, 3));
+    assert_eq!(r.exit_code(), 1);
+}
+
+#[test]
+fn mix_reports_heavy_and_light_apart() {
+    let addr = serve(fib(), Fault::None);
+    let mut c = config(addr, Service::Fib);
+    c.conns = 3;
+    c.n = 1;
+    c.heavy = Some(22);
+    c.duration = Some(Duration::from_millis(400));
+    let r = run(&c);
+    assert_eq!(r.errors_total, 0, "{r:?}");
+    let heavy = r.heavy.expect("heavy report");
+    assert_eq!(heavy.n, 22);
+    assert!(heavy.requests_ok >= 1 && r.requests_ok >= 1, "{heavy:?}");
+    assert_eq!(
+        r.bytes_received,
+        r.requests_ok * 2 + heavy.requests_ok * "17711\n".len() as u64
+    );
+}
+
+#[test]
+fn open_loop_counts_are_exact() {
+    let addr = serve(echo(), Fault::None);
+    let mut c = config(addr, Service::Echo);
+    c.conns = 3;
+    c.rate = Some(3000.0);
+    c.requests = Some(300);
+    let r = run(&c);
+    assert_eq!((r.requests_ok, r.errors_total), (300, 0), "{r:?}");
+    assert_eq!(r.mode, "open");
+    assert!(r.elapsed_secs >= 0.09, "300 requests at 3000/s take 0.1 s");
+}
+
+#[test]
+fn open_loop_latency_shows_a_stall() {
+    let addr = serve(
+        echo(),
+        Fault::StallOnce {
+            reply: 100,
+            ms: 100,
+        },
+    );
+    let mut c = config(addr, Service::Echo);
+    c.conns = 2;
+    c.rate = Some(1000.0);
+    c.duration = Some(Duration::from_millis(600));
+    let r = run(&c);
+    assert_eq!(r.errors_total, 0, "{r:?}");
+    assert!(r.requests_ok >= 300, "{r:?}");
+    assert!(
+        r.latency_us.p999 >= 80_000.0,
+        "the requests queued behind a 100 ms stall count from their intended time: {:?}",
+        r.latency_us
+    );
+}
