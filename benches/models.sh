@@ -10,7 +10,10 @@
 # Reports req/s, p99, and the server's CPU time per request: utime+stime from
 # /proc/PID/stat (plus its children's) read before and after the load run.
 # Ratios are to the C reference in the same run. Each figure is the median of
-# ROUNDS rounds (every model once per round), which tames a noisy machine.
+# ROUNDS rounds (every model once per round), which tames a noisy machine; the
+# "best of rounds" column compares each model's best round (highest req/s, lowest
+# CPU per request) with the reference's best: interference only ever makes a
+# round worse, so the best rounds are the least disturbed.
 #
 # `blocking` is left out: it serves one connection at a time, so 99 of the 100
 # would wait for the whole run. threadpool and prefork get a worker per connection
@@ -155,19 +158,25 @@ for m in models:
         median([x[1] for x in runs]),
         median([x[2] for x in runs]),
         sum(x[3] for x in runs),
+        max(x[0] for x in runs),
+        min(x[2] for x in runs),
     )
 ref = rows.get("reference")
 print()
-print("| model | req/s | p99 (us) | server CPU per request (us) | req/s vs C | CPU/req vs C | errors |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("| model | req/s | p99 (us) | server CPU per request (us) | req/s vs C | CPU/req vs C | best of rounds vs C: req/s, CPU/req | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for m in models:
     row = rows[m]
     if row is None:
-        print(f"| {m} | failed | | | | | |")
+        print(f"| {m} | failed | | | | | | |")
         continue
-    rps, p99, us, errs = row
-    vs = (f"{rps / ref[0]:.2f}x", f"{us / ref[2]:.2f}x") if ref else ("", "")
-    print(f"| {m} | {rps:,.0f} | {p99:,.0f} | {us:.2f} | {vs[0]} | {vs[1]} | {errs} |")
+    rps, p99, us, errs, best_rps, best_us = row
+    if ref:
+        vs = (f"{rps / ref[0]:.2f}x", f"{us / ref[2]:.2f}x")
+        best = f"{best_rps / ref[4]:.2f}x, {best_us / ref[5]:.2f}x"
+    else:
+        vs, best = ("", ""), ""
+    print(f"| {m} | {rps:,.0f} | {p99:,.0f} | {us:.2f} | {vs[0]} | {vs[1]} | {best} | {errs} |")
 if hold:
     print()
     print(f"| model | RSS before | RSS holding {hold} | per connection |")
