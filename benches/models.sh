@@ -152,7 +152,8 @@ for m in models:
             continue
         ok = r["requests_ok"]
         if ok:
-            runs.append((r["req_per_s"], r["latency_us"]["p99"], t / ticks * 1e6 / ok, r["errors_total"]))
+            load_us = ((r.get("cpu") or {}).get("load") or {}).get("us_per_request", float("nan"))
+            runs.append((r["req_per_s"], r["latency_us"]["p99"], t / ticks * 1e6 / ok, r["errors_total"], load_us))
     rows[m] = None if not runs else (
         median([x[0] for x in runs]),
         median([x[1] for x in runs]),
@@ -160,23 +161,24 @@ for m in models:
         sum(x[3] for x in runs),
         max(x[0] for x in runs),
         min(x[2] for x in runs),
+        median([x[4] for x in runs]),
     )
 ref = rows.get("reference")
 print()
-print("| model | req/s | p99 (us) | server CPU per request (us) | req/s vs C | CPU/req vs C | best of rounds vs C: req/s, CPU/req | errors |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
+print("| model | req/s | p99 (us) | server CPU per request (us) | req/s vs C | CPU/req vs C | best of rounds vs C: req/s, CPU/req | load CPU per request (us) | load / server CPU | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for m in models:
     row = rows[m]
     if row is None:
-        print(f"| {m} | failed | | | | | | |")
+        print(f"| {m} | failed | | | | | | | | |")
         continue
-    rps, p99, us, errs, best_rps, best_us = row
+    rps, p99, us, errs, best_rps, best_us, load_us = row
     if ref:
         vs = (f"{rps / ref[0]:.2f}x", f"{us / ref[2]:.2f}x")
         best = f"{best_rps / ref[4]:.2f}x, {best_us / ref[5]:.2f}x"
     else:
         vs, best = ("", ""), ""
-    print(f"| {m} | {rps:,.0f} | {p99:,.0f} | {us:.2f} | {vs[0]} | {vs[1]} | {best} | {errs} |")
+    print(f"| {m} | {rps:,.0f} | {p99:,.0f} | {us:.2f} | {vs[0]} | {vs[1]} | {best} | {load_us:.2f} | {load_us / us:.2f}x | {errs} |")
 if hold:
     print()
     print(f"| model | RSS before | RSS holding {hold} | per connection |")

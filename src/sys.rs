@@ -176,6 +176,24 @@ fn page_size() -> u64 {
     if p > 0 { p as u64 } else { 4096 }
 }
 
+/// How many threads this process can start before the kernel runs out of room for
+/// them, with headroom for everything else. Each thread costs about four memory
+/// mappings (its stack, its guard page, the signal stack Rust installs and that
+/// stack's guard), and `vm.max_map_count` (65530 by default) caps mappings per
+/// process; past it a new thread cannot even set up its signal stack and the whole
+/// process aborts. `kernel.threads-max` and `kernel.pid_max` cap threads system-wide.
+pub fn thread_ceiling() -> usize {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+    };
+    let maps = read("/proc/sys/vm/max_map_count").map_or(usize::MAX, |m| m / 5);
+    let threads = read("/proc/sys/kernel/threads-max").map_or(usize::MAX, |t| t / 2);
+    let pids = read("/proc/sys/kernel/pid_max").map_or(usize::MAX, |p| p / 2);
+    maps.min(threads).min(pids).max(64)
+}
+
 /// Number of CPUs this process may run on.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -264,6 +282,17 @@ mod tests {
             lim.rlim_cur
         };
         assert!(raise_fd_limit().unwrap() >= before);
+    }
+
+    #[test]
+    fn thread_ceiling_is_below_the_mapping_limit() {
+        let ceiling = thread_ceiling();
+        let maps: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .map_or(usize::MAX, |s| s.trim().parse().unwrap());
+        assert!(
+            ceiling >= 64 && ceiling.saturating_mul(4) < maps,
+            "{ceiling}"
+        );
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //! resident each, still answering; the hard limits are `ulimit -u`,
 //! `/proc/sys/kernel/threads-max`, the descriptor limit and memory. When the kernel
 //! refuses a new thread, that client is closed and logged, and the others carry on.
+//! One limit cannot be met that way: each thread takes about four memory mappings
+//! and past `vm.max_map_count` (65530) a starting thread cannot set up its signal
+//! stack and the whole process aborts (seen at about 16,900 threads). So the model
+//! serves at most [`crate::sys::thread_ceiling`] clients at once (13,106 with the
+//! default settings) and closes any more at once, like `--max-conns`.
 
 use crate::serve::accept::{Acceptor, Next};
 use crate::serve::{ServeConfig, Shutdown, blocking_conn};
@@ -26,7 +31,11 @@ use std::time::Instant;
 const STACK: usize = 256 * 1024;
 
 pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    let mut acceptor = Acceptor::new(&listener, &shutdown, cfg.max_conns, None);
+    let ceiling = crate::sys::thread_ceiling();
+    if cfg.max_conns > ceiling {
+        tracing::info!("threads: serving at most {ceiling} clients at once (one thread each)");
+    }
+    let mut acceptor = Acceptor::new(&listener, &shutdown, cfg.max_conns.min(ceiling), None);
     loop {
         match acceptor.wait() {
             Next::Client(client) => {
