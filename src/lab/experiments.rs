@@ -18,23 +18,21 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-/// Every model `concur serve` knows or will know; one the binary refuses is reported
-/// as not available rather than silently dropped.
-pub const RUST_MODELS: [&str; 10] = [
-    "blocking",
-    "threads",
-    "processes",
-    "select",
-    "async",
-    "epoll",
-    "uring",
-    "reuseport",
-    "threadpool",
-    "prefork",
-];
+/// Every model `concur serve` has, in its registry's order. One the binary cannot run
+/// here (io_uring refused by the kernel, say) is reported as not available.
+pub fn rust_models() -> Vec<&'static str> {
+    use clap::ValueEnum;
+    crate::serve::Model::value_variants()
+        .iter()
+        .map(|m| m.name())
+        .collect()
+}
 
-/// The models that run many clients on one event loop: fib is inline unless `--offload`.
-pub const EVENT_LOOPS: [&str; 5] = ["select", "async", "epoll", "uring", "reuseport"];
+/// Whether `name` is an event-loop model: fib is inline there unless `--offload`.
+pub fn is_event_loop(name: &str) -> bool {
+    use clap::ValueEnum;
+    crate::serve::Model::from_str(name, false).is_ok_and(|m| m.is_event_loop())
+}
 
 /// The talk's servers in Python: (name, file under peers/python/).
 pub const PYTHON_SERVERS: [(&str, &str); 5] = [
@@ -497,16 +495,7 @@ fn hold_run(lab: &Lab, server: &Server, n: u32) -> Result<(BTreeMap<String, f64>
 
 /// A fib server with fib(1) clients, without and with one client asking fib(K) in a loop.
 pub fn fibload(lab: &mut Lab) -> Result<()> {
-    let mut configs: Vec<(ServerSpec, bool)> = Vec::new();
-    for spec in servers(&lab.plan, lab.python.is_some(), |s| {
-        EVENT_LOOPS.contains(&s) || s == "threads" || s == "python-asyncio" || s == "python-threads"
-    }) {
-        if EVENT_LOOPS.contains(&spec.name.as_str()) {
-            configs.push((spec.clone(), true));
-        }
-        configs.push((spec, false));
-    }
-    configs.sort_by_key(|(s, offload)| (s.is_python(), s.name.clone(), *offload));
+    let configs = fibload_configs(&lab.plan, lab.python.is_some());
     for (spec, offload) in configs {
         if runner::interrupted() {
             return Ok(());
@@ -549,6 +538,22 @@ pub fn fibload(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
+/// The fibload servers: every event loop inline and with `--offload`, and the
+/// thread-per-client servers (Rust and Python) and Python's asyncio for comparison.
+fn fibload_configs(plan: &Plan, python: bool) -> Vec<(ServerSpec, bool)> {
+    let chosen =
+        |s: &str| is_event_loop(s) || ["threads", "python-asyncio", "python-threads"].contains(&s);
+    let mut configs = Vec::new();
+    for spec in servers(plan, python, chosen) {
+        if is_event_loop(&spec.name) {
+            configs.push((spec.clone(), true));
+        }
+        configs.push((spec, false));
+    }
+    configs.sort_by_key(|(s, offload)| (s.is_python(), s.name.clone(), *offload));
+    configs
+}
+
 /// How many progress steps the plan takes (for the progress bar).
 pub fn planned_steps(plan: &Plan, python: bool) -> usize {
     let all = servers(plan, python, |_| true);
@@ -556,19 +561,7 @@ pub fn planned_steps(plan: &Plan, python: bool) -> usize {
     let echo_cases = plan.echo_conns.len() + 1;
     let echo: usize = all.len() * (1 + echo_cases * plan.repeat);
     let scaling: usize = all.iter().map(|s| rungs(plan, &s.name).len()).sum();
-    let fib_servers = servers(plan, python, |s| {
-        EVENT_LOOPS.contains(&s) || s == "threads" || s == "python-asyncio" || s == "python-threads"
-    });
-    let fib_configs: usize = fib_servers
-        .iter()
-        .map(|s| {
-            if EVENT_LOOPS.contains(&s.name.as_str()) {
-                2
-            } else {
-                1
-            }
-        })
-        .sum();
+    let fib_configs = fibload_configs(plan, python).len();
     let fibload = fib_configs * (1 + 2 * plan.repeat);
     cpu + echo + scaling + fibload
 }

@@ -77,7 +77,7 @@ impl Plan {
     /// Resolve the options; `fd_limit` (descriptors per process) caps the scaling ladder,
     /// since a server holding N connections needs N descriptors.
     pub fn from_args(args: &LabArgs, fd_limit: u64) -> Result<Plan> {
-        let models = chosen(&args.models, &experiments::RUST_MODELS, "model")?;
+        let models = chosen(&args.models, &experiments::rust_models(), "model")?;
         let experiments = chosen(&args.experiments, &report::EXPERIMENTS, "experiment")?;
         let quick = args.quick;
         let mut hold_conns: Vec<u32> = if quick {
