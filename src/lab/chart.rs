@@ -5,6 +5,29 @@ use plotters::prelude::*;
 
 const SIZE: (u32, u32) = (760, 380);
 
+/// The column beside a line chart that holds its legend.
+const LEGEND_WIDTH: u32 = 170;
+
+/// One line of legend per series, in the chart's colours, top to bottom.
+fn legend<'a>(
+    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    names: impl Iterator<Item = &'a str>,
+) {
+    for (i, name) in names.enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let y = 40 + 20 * i as i32;
+        let _ = area.draw(&PathElement::new(
+            vec![(6, y), (28, y)],
+            color.stroke_width(3),
+        ));
+        let _ = area.draw(&Text::new(
+            name.to_string(),
+            (34, y - 7),
+            ("sans-serif", 13),
+        ));
+    }
+}
+
 /// A series for a chart: its name and values.
 pub struct Series<T> {
     pub name: String,
@@ -24,6 +47,9 @@ pub fn bars(
         .fold(0.0f64, |a, &b| a.max(b))
         .max(1e-9)
         * 1.15;
+    if categories.len() > 8 && series.len() == 1 {
+        return hbars(title, y_label, categories, &series[0].values, max);
+    }
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
@@ -85,6 +111,61 @@ pub fn bars(
     svg
 }
 
+/// Horizontal bars, one per category, names on the left: many names side by side
+/// under vertical bars would run into each other.
+fn hbars(
+    title: &str,
+    x_label: &str,
+    categories: &[String],
+    values: &[Option<f64>],
+    max: f64,
+) -> String {
+    let n = categories.len();
+    let height = 90 + 24 * n as u32;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (SIZE.0, height)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let Ok(mut chart) = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(130)
+            .build_cartesian_2d(0f64..max, 0f64..n as f64)
+        else {
+            return svg_fallback(title);
+        };
+        let cats = categories.to_vec();
+        // Category i sits at y = n - i - 0.5, so the first is at the top.
+        let _ = chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .light_line_style(TRANSPARENT)
+            .y_labels(n * 2 + 1)
+            .y_label_formatter(&|y| {
+                let slot = n as f64 - y;
+                let i = slot.floor();
+                if (slot - i - 0.5).abs() < 0.01 {
+                    cats.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .x_desc(x_label)
+            .x_label_formatter(&|x| human(*x))
+            .draw();
+        let color = Palette99::pick(0).to_rgba();
+        let _ = chart.draw_series(values.iter().enumerate().filter_map(|(i, v)| {
+            v.map(|v| {
+                let top = (n - i) as f64 - 0.15;
+                Rectangle::new([(0.0, top - 0.7), (v, top)], color.filled())
+            })
+        }));
+        let _ = root.present();
+    }
+    svg
+}
+
 /// Lines over x (log scale when `log_x`), one per series, with a point at each value.
 pub fn lines(
     title: &str,
@@ -107,8 +188,12 @@ pub fn lines(
     };
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        let _ = root.fill(&WHITE);
+        let full =
+            SVGBackend::with_string(&mut svg, (SIZE.0 + LEGEND_WIDTH, SIZE.1)).into_drawing_area();
+        let _ = full.fill(&WHITE);
+        // The legend gets its own column: with fifteen servers it would hide the lines.
+        let (root, legend_area) = full.split_horizontally(SIZE.0);
+        legend(&legend_area, series.iter().map(|s| s.name.as_str()));
         macro_rules! builder {
             () => {
                 ChartBuilder::on(&root)
@@ -131,22 +216,11 @@ pub fn lines(
                     .draw();
                 for (i, s) in series.iter().enumerate() {
                     let color = Palette99::pick(i).to_rgba();
-                    if let Ok(drawn) =
-                        chart.draw_series(LineSeries::new(s.values.clone(), color.stroke_width(2)))
-                    {
-                        drawn.label(s.name.clone()).legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-                        });
-                    }
+                    let _ =
+                        chart.draw_series(LineSeries::new(s.values.clone(), color.stroke_width(2)));
                     let _ = chart
                         .draw_series(s.values.iter().map(|&p| Circle::new(p, 3, color.filled())));
                 }
-                let _ = chart
-                    .configure_series_labels()
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .position(SeriesLabelPosition::UpperRight)
-                    .draw();
             }};
         }
         if log_x {
@@ -210,6 +284,25 @@ mod tests {
             svg.contains(">\na\n<") || svg.contains(">a<"),
             "category label"
         );
+    }
+
+    #[test]
+    fn many_categories_become_horizontal_bars_with_every_name() {
+        let names: Vec<String> = (0..12).map(|i| format!("server-{i}")).collect();
+        let values = (0..12).map(|i| Some(i as f64 + 1.0)).collect();
+        let svg = bars(
+            "t",
+            "y",
+            &names,
+            &[Series {
+                name: "s".into(),
+                values,
+            }],
+        );
+        assert!(svg.matches("<rect").count() >= 13, "background + 12 bars");
+        for name in &names {
+            assert!(svg.contains(name.as_str()), "{name} missing");
+        }
     }
 
     #[test]

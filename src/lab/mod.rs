@@ -296,7 +296,8 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
         answers: Default::default(),
         notes: lab.notes,
     };
-    let views = report::views(&results);
+    let mut views = report::views(&results);
+    views.retain(|v| plan.experiments.iter().any(|e| e == v.id));
     results.answers = views
         .iter()
         .map(|v| (v.id.to_string(), v.answer.clone()))
@@ -309,9 +310,7 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
     write(&args.out, "summary.md", &report::markdown(&results, &views))?;
     write(&args.out, "report.html", &report::html(&results, &views))?;
     for v in &views {
-        if plan.experiments.iter().any(|e| e == v.id) {
-            println!("{}\n  {}\n", v.title, v.answer);
-        }
+        println!("{}\n  {}\n", v.title, v.answer);
     }
     println!("wrote {}", args.out.join("report.html").display());
     Ok(if results.interrupted { 130 } else { 0 })

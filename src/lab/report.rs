@@ -354,13 +354,31 @@ fn echo_view(points: &[Point]) -> View {
             });
         }
     }
-    let chart = chart::lines(
-        "echo, 64-byte requests: throughput by connections",
-        "concurrent connections",
-        "requests/s",
-        conns.len() > 1,
-        &series,
-    );
+    let chart = if conns.len() > 1 {
+        chart::lines(
+            "echo, 64-byte requests: throughput by connections",
+            "concurrent connections",
+            "requests/s",
+            true,
+            &series,
+        )
+    } else {
+        // One connection count: a line would be a column of dots; bars read better.
+        let names: Vec<String> = series.iter().map(|s| s.name.clone()).collect();
+        let values = series
+            .iter()
+            .map(|s| s.values.first().map(|p| p.1))
+            .collect();
+        chart::bars(
+            &format!("echo, 64-byte requests at {mid} connections"),
+            "requests/s",
+            &names,
+            &[Series {
+                name: "req/s".into(),
+                values,
+            }],
+        )
+    };
     let at = |server: &str, c: u64, k: &str| {
         find(&ps, server, &format!("conns={c} size=64")).and_then(|p| p.get(k))
     };
@@ -690,7 +708,7 @@ body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;colo
 table{{border-collapse:collapse;margin:1em 0;font-size:0.9em}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
 td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}\
 blockquote{{color:#555;border-left:4px solid #ddd;margin:0;padding-left:1em}}.answer{{background:#eef6ee;padding:0.6em 1em}}\
-.warn{{background:#fff3e0;padding:0.6em 1em}}</style></head><body>\n<h1>concur lab report</h1>\n"
+.warn{{background:#fff3e0;padding:0.6em 1em}}code{{word-break:break-all}}</style></head><body>\n<h1>concur lab report</h1>\n"
     );
     let _ = writeln!(
         s,
