@@ -244,3 +244,48 @@ fn bad_options_exit_2_with_one_line() {
         assert!(err.contains(needle), "{err}");
     }
 }
+
+#[test]
+fn ctrl_c_stops_the_lab_writes_what_it_measured_and_leaves_nothing() {
+    let dir = std::env::temp_dir().join(format!("concur-lab-int-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_concur"))
+        .args([
+            "lab",
+            "--quick",
+            "--experiments",
+            "echo,scaling",
+            "--no-python",
+            "--out",
+        ])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until a server of this run is up, so the interrupt lands mid-experiment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while marked_processes(&dir.to_string_lossy()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lab started no server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "an interrupted run exits 130");
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["interrupted"], true);
+    assert!(
+        std::fs::read_to_string(dir.join("report.html"))
+            .unwrap()
+            .contains("interrupted")
+    );
+    let left = marked_processes(&dir.to_string_lossy());
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
