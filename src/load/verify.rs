@@ -99,78 +99,36 @@ pub struct EchoVerifier {
     prefix: Arc<[u8]>,
     /// Bytes of the prefix matched so far (0: not inside a prefix).
     in_prefix: usize,
-    /// Request whose payload is being received, and the offset in it.
+    pos: Cursor,
+}
+
+/// Where a verifier stands in the reply stream.
+#[derive(Debug, Clone, Default)]
+struct Cursor {
+    /// The request whose reply is being received, and the offset in that reply.
     request: u64,
     at: usize,
     /// Bytes consumed from the reply stream.
     offset: u64,
 }
 
-impl EchoVerifier {
-    pub fn new(pool: PayloadPool, seed: u64, prefix: Arc<[u8]>) -> Self {
-        EchoVerifier {
-            pool,
-            seed,
-            prefix,
-            in_prefix: 0,
-            request: 0,
-            at: 0,
-            offset: 0,
+impl Cursor {
+    /// Compare `data` with `expected` (the same length, the current reply's next bytes)
+    /// and move past them; a reply of `reply_len` bytes completes when `at` reaches it.
+    fn advance(&mut self, data: &[u8], expected: &[u8], reply_len: usize) -> Result<(), Mismatch> {
+        if let Some(i) = first_difference(data, expected) {
+            return Err(self.mismatch(i, Some(expected[i]), data[i]));
         }
+        self.at += data.len();
+        self.offset += data.len() as u64;
+        if self.at == reply_len {
+            self.at = 0;
+            self.request += 1;
+        }
+        Ok(())
     }
 
-    /// Check one chunk of reply. `sent` is how many requests were sent so far; a
-    /// byte beyond them is a mismatch. Returns how many requests completed.
-    pub fn feed(&mut self, mut data: &[u8], sent: u64) -> Result<u64, Mismatch> {
-        let before = self.request;
-        let prefix = &*self.prefix;
-        while !data.is_empty() {
-            if self.in_prefix > 0 {
-                // Inside a prefix: match as much of its rest as this chunk holds.
-                let want = &prefix[self.in_prefix..];
-                let n = want.len().min(data.len());
-                if let Some(i) = first_difference(&data[..n], &want[..n]) {
-                    return Err(self.mismatch(i, Some(want[i]), data[i]));
-                }
-                self.in_prefix = (self.in_prefix + n) % prefix.len();
-                self.offset += n as u64;
-                data = &data[n..];
-                continue;
-            }
-            if !prefix.is_empty() && data[0] == prefix[0] {
-                self.in_prefix = 1 % prefix.len();
-                self.offset += 1;
-                data = &data[1..];
-                continue;
-            }
-            if !prefix.is_empty() && self.offset == 0 {
-                return Err(self.mismatch(0, Some(prefix[0]), data[0]));
-            }
-            if self.request >= sent {
-                return Err(self.mismatch(0, None, data[0]));
-            }
-            // Payload bytes up to the next possible prefix or the end of this request.
-            let expected = &self.pool.payload(self.seed, self.request)[self.at..];
-            let mut n = expected.len().min(data.len());
-            if let Some(p) = prefix.first()
-                && let Some(i) = data[..n].iter().position(|b| b == p)
-            {
-                n = i;
-            }
-            if let Some(i) = first_difference(&data[..n], &expected[..n]) {
-                return Err(self.mismatch(i, Some(expected[i]), data[i]));
-            }
-            self.at += n;
-            self.offset += n as u64;
-            data = &data[n..];
-            if self.at == self.pool.size() {
-                self.at = 0;
-                self.request += 1;
-            }
-        }
-        Ok(self.request - before)
-    }
-
+    /// A mismatch `i` bytes past the current offset.
     fn mismatch(&self, i: usize, expected: Option<u8>, got: u8) -> Mismatch {
         Mismatch {
             request: self.request,
@@ -181,13 +139,68 @@ impl EchoVerifier {
     }
 }
 
+impl EchoVerifier {
+    pub fn new(pool: PayloadPool, seed: u64, prefix: Arc<[u8]>) -> Self {
+        EchoVerifier {
+            pool,
+            seed,
+            prefix,
+            in_prefix: 0,
+            pos: Cursor::default(),
+        }
+    }
+
+    /// Check one chunk of reply. `sent` is how many requests were sent so far; a
+    /// byte beyond them is a mismatch. Returns how many requests completed.
+    pub fn feed(&mut self, mut data: &[u8], sent: u64) -> Result<u64, Mismatch> {
+        let before = self.pos.request;
+        let prefix = &*self.prefix;
+        while !data.is_empty() {
+            if self.in_prefix > 0 {
+                // Inside a prefix: match as much of its rest as this chunk holds.
+                let want = &prefix[self.in_prefix..];
+                let n = want.len().min(data.len());
+                if let Some(i) = first_difference(&data[..n], &want[..n]) {
+                    return Err(self.pos.mismatch(i, Some(want[i]), data[i]));
+                }
+                self.in_prefix = (self.in_prefix + n) % prefix.len();
+                self.pos.offset += n as u64;
+                data = &data[n..];
+                continue;
+            }
+            if !prefix.is_empty() && data[0] == prefix[0] {
+                self.in_prefix = 1 % prefix.len();
+                self.pos.offset += 1;
+                data = &data[1..];
+                continue;
+            }
+            if !prefix.is_empty() && self.pos.offset == 0 {
+                return Err(self.pos.mismatch(0, Some(prefix[0]), data[0]));
+            }
+            if self.pos.request >= sent {
+                return Err(self.pos.mismatch(0, None, data[0]));
+            }
+            // Payload bytes up to the next possible prefix or the end of this request.
+            let expected = &self.pool.payload(self.seed, self.pos.request)[self.pos.at..];
+            let mut n = expected.len().min(data.len());
+            if let Some(p) = prefix.first()
+                && let Some(i) = data[..n].iter().position(|b| b == p)
+            {
+                n = i;
+            }
+            self.pos
+                .advance(&data[..n], &expected[..n], self.pool.size())?;
+            data = &data[n..];
+        }
+        Ok(self.pos.request - before)
+    }
+}
+
 /// Verifies a fib reply stream: the same line `fib(n)\n` once per request.
 #[derive(Debug, Clone)]
 pub struct FibVerifier {
     line: Arc<[u8]>,
-    at: usize,
-    request: u64,
-    offset: u64,
+    pos: Cursor,
 }
 
 impl FibVerifier {
@@ -196,9 +209,7 @@ impl FibVerifier {
         let line: Arc<[u8]> = format!("{}\n", crate::fib::exact(n)).into_bytes().into();
         FibVerifier {
             line,
-            at: 0,
-            request: 0,
-            offset: 0,
+            pos: Cursor::default(),
         }
     }
 
@@ -209,34 +220,17 @@ impl FibVerifier {
 
     /// Check one chunk of reply; returns how many requests completed.
     pub fn feed(&mut self, mut data: &[u8], sent: u64) -> Result<u64, Mismatch> {
-        let before = self.request;
+        let before = self.pos.request;
         while !data.is_empty() {
-            if self.request >= sent {
-                return Err(self.mismatch(0, None, data[0]));
+            if self.pos.request >= sent {
+                return Err(self.pos.mismatch(0, None, data[0]));
             }
-            let want = &self.line[self.at..];
+            let want = &self.line[self.pos.at..];
             let n = want.len().min(data.len());
-            if let Some(i) = first_difference(&data[..n], &want[..n]) {
-                return Err(self.mismatch(i, Some(want[i]), data[i]));
-            }
-            self.at += n;
-            self.offset += n as u64;
+            self.pos.advance(&data[..n], &want[..n], self.line.len())?;
             data = &data[n..];
-            if self.at == self.line.len() {
-                self.at = 0;
-                self.request += 1;
-            }
         }
-        Ok(self.request - before)
-    }
-
-    fn mismatch(&self, i: usize, expected: Option<u8>, got: u8) -> Mismatch {
-        Mismatch {
-            request: self.request,
-            offset: self.offset + i as u64,
-            expected,
-            got,
-        }
+        Ok(self.pos.request - before)
     }
 }
 
