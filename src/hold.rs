@@ -455,13 +455,7 @@ impl<'a> Hold<'a> {
                     _ => None,
                 })
                 .unwrap_or(Duration::from_millis(10));
-            match self.poll.poll(&mut self.events, Some(wait)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            }
-            let ready: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
-            for i in ready {
+            for i in self.ready(wait)? {
                 if !matches!(self.slots[i].state, State::Connecting(_)) {
                     continue;
                 }
@@ -543,13 +537,7 @@ impl<'a> Hold<'a> {
             if now >= deadline {
                 break;
             }
-            match self.poll.poll(&mut self.events, Some(deadline - now)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            }
-            let ready: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
-            for i in ready {
+            for i in self.ready(deadline - now)? {
                 let State::Waiting(sent) = self.slots[i].state else {
                     continue;
                 };
@@ -621,13 +609,7 @@ impl<'a> Hold<'a> {
                 break;
             }
             let wait = (end - now).min(Duration::from_millis(100));
-            match self.poll.poll(&mut self.events, Some(wait)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            }
-            let ready: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
-            for i in ready {
+            for i in self.ready(wait)? {
                 self.check_closed(i);
             }
             sample(self);
@@ -637,6 +619,16 @@ impl<'a> Hold<'a> {
 }
 
 impl Hold<'_> {
+    /// Wait up to `wait` for events; the slots they name. A signal interrupting the
+    /// wait gives none: every caller loops and re-checks its clock anyway.
+    fn ready(&mut self, wait: Duration) -> Result<Vec<usize>> {
+        match self.poll.poll(&mut self.events, Some(wait)) {
+            Ok(()) => Ok(self.events.iter().map(|e| e.token().0).collect()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Anything arriving on a held connection is unexpected: count a close.
     fn check_closed(&mut self, i: usize) {
         if self.slots[i].state != State::Answered {
