@@ -602,79 +602,88 @@ fn prefork_replaces_dead_workers() {
 /// The models `--offload` applies to.
 const EVENT_LOOPS: &[&str] = &["select", "epoll", "async", "uring", "reuseport"];
 
-/// One fib(1) round trip on `s`; returns how long it took.
-fn fib1_round_trip(s: &mut std::net::TcpStream) -> Duration {
-    let start = Instant::now();
-    s.write_all(b"1\n").unwrap();
-    assert_eq!(read_n(s, 2), b"1\n");
-    start.elapsed()
+/// Wait (bounded) until the server has burnt at least 20 ms of CPU since `since`: an
+/// idle loop burns next to none, so it is computing the heavy request now.
+fn wait_busy(server: &Server, since: std::time::Duration) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let cpu = concur::sys::proc_stat(server.pid)
+            .expect("server alive")
+            .cpu
+            .total();
+        if cpu >= since + Duration::from_millis(20) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: never got busy",
+            server.model
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
-/// `--offload`: while one client loops fib(40), another client's fib(1) round trips
-/// stay fast, and replies on one connection keep request order. Without it, the
-/// event loop computes fib(40) inline (~0.25 s or more) and a fib(1) sent meanwhile
-/// waits for it. One worker everywhere (the loop, tokio's runtime, the pool), so the
-/// inline case really has one thread to block. Bounds are generous: "fast" is a
-/// median under 50 ms, "stalled" is a round trip over 100 ms while a fib(40) that
-/// started 30 ms earlier is being computed inline.
+/// Whether a reply has already arrived on `s` (a non-blocking peek).
+fn has_reply(s: &std::net::TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let ready = s.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0);
+    s.set_nonblocking(false).unwrap();
+    ready
+}
+
+/// `--offload` changes the order in which an event loop answers, and these tests
+/// assert that order, never a duration. One worker everywhere (the loop, tokio's
+/// runtime, the pool), so an inline fib really has one thread to block:
+///
+/// - inline (the talk's behaviour): a fib(1) sent on another connection while
+///   fib(42) is being computed cannot be answered before fib(42)'s reply is sent,
+///   so when the fib(1) reply arrives the fib(42) reply is already there;
+/// - with `--offload`, the fib(1) is answered while fib(42) is still running;
+/// - and replies on one connection keep request order.
+///
+/// "While fib(42) is being computed" is read from /proc: the server is burning CPU.
 #[test]
 fn offload_keeps_event_loops_responsive() {
+    const HEAVY: &[u8] = b"267914296\n"; // fib(42)
     for model in EVENT_LOOPS {
-        let common = ["--max-n", "40", "--workers", "1"];
-        // With --offload.
-        let server = Server::start(model, "fib", &[&common[..], &["--offload"]].concat());
-        let mut ordered = server.connect();
-        ordered.write_all(b"40\n1\n2\n").unwrap();
-        assert_eq!(
-            read_n(&mut ordered, 14),
-            b"102334155\n1\n1\n",
-            "{model}: order"
-        );
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let mut trips = std::thread::scope(|scope| {
+        for offload in [false, true] {
+            let mut args = vec!["--max-n", "42", "--workers", "1"];
+            if offload {
+                args.push("--offload");
+            }
+            let server = Server::start(model, "fib", &args);
+            if offload {
+                let mut ordered = server.connect();
+                ordered.write_all(b"25\n1\n2\n").unwrap();
+                assert_eq!(read_n(&mut ordered, 10), b"75025\n1\n1\n", "{model}: order");
+            }
             let mut heavy = server.connect();
-            heavy.write_all(b"40\n").unwrap();
-            let stop = &stop;
-            scope.spawn(move || {
-                // Bounded: at most 40 rounds, and the server is killed at the end.
-                for _ in 0..40 {
-                    let mut reply = [0u8; 10];
-                    if heavy.read_exact(&mut reply).is_err()
-                        || stop.load(std::sync::atomic::Ordering::Relaxed)
-                        || heavy.write_all(b"40\n").is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-            std::thread::sleep(Duration::from_millis(30));
             let mut light = server.connect();
-            let trips: Vec<Duration> = (0..20).map(|_| fib1_round_trip(&mut light)).collect();
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            trips
-        });
-        drop(server);
-        trips.sort();
-        let median = trips[trips.len() / 2];
-        eprintln!("{model} --offload: fib(1) round trips {trips:?}");
-        assert!(
-            median < Duration::from_millis(50),
-            "{model} --offload: median fib(1) round trip {median:?} while fib(40) runs"
-        );
-
-        // Inline, the talk's behaviour: the loop is busy with fib(40).
-        let server = Server::start(model, "fib", &common);
-        let mut heavy = server.connect();
-        let mut light = server.connect();
-        fib1_round_trip(&mut light); // connected and served before the heavy request
-        heavy.write_all(b"40\n").unwrap();
-        std::thread::sleep(Duration::from_millis(30));
-        let stalled = fib1_round_trip(&mut light);
-        assert!(
-            stalled > Duration::from_millis(100),
-            "{model}: fib(1) took only {stalled:?} while fib(40) ran inline"
-        );
-        assert_eq!(read_n(&mut heavy, 10), b"102334155\n");
+            light.write_all(b"1\n").unwrap();
+            assert_eq!(
+                read_n(&mut light, 2),
+                b"1\n",
+                "{model}: served before the heavy one"
+            );
+            let idle = concur::sys::proc_stat(server.pid).unwrap().cpu.total();
+            heavy.write_all(b"42\n").unwrap();
+            wait_busy(&server, idle);
+            light.write_all(b"1\n").unwrap();
+            assert_eq!(read_n(&mut light, 2), b"1\n", "{model}: fib(1)");
+            let heavy_first = has_reply(&heavy);
+            if offload {
+                assert!(
+                    !heavy_first,
+                    "{model} --offload: fib(1) was answered only after fib(42)"
+                );
+            } else {
+                assert!(
+                    heavy_first,
+                    "{model} inline: fib(1) was answered while fib(42) was being computed"
+                );
+            }
+            assert_eq!(read_n(&mut heavy, HEAVY.len()), HEAVY, "{model}: fib(42)");
+        }
     }
 }
 
