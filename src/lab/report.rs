@@ -957,6 +957,46 @@ mod tests {
         assert!(v.chart.contains("epoll"));
     }
 
+    /// Every URL in `page` is an XML namespace name (never fetched); every `href`
+    /// points inside the page; nothing is loaded by `src=` or CSS `url(...)`.
+    fn assert_no_external_reference(page: &str) {
+        let rest = page
+            .replace("xmlns=\"http://www.w3.org/2000/svg\"", "")
+            .replace("xmlns:xlink=\"http://www.w3.org/1999/xlink\"", "");
+        for scheme in ["http:", "https:", "file:", "data:", "//"] {
+            if let Some(at) = rest.find(scheme) {
+                panic!(
+                    "external reference: {}",
+                    &rest[at..(at + 60).min(rest.len())]
+                );
+            }
+        }
+        for (at, _) in rest.match_indices("href=\"") {
+            assert!(
+                rest[at + 6..].starts_with('#'),
+                "link out of the page: {}",
+                &rest[at..(at + 60).min(rest.len())]
+            );
+        }
+        assert!(!rest.contains(" src="), "something is loaded by src=");
+        assert!(!rest.contains("url("), "something is loaded by url()");
+    }
+
+    #[test]
+    fn the_external_reference_check_catches_one() {
+        let ok = "<svg xmlns=\"http://www.w3.org/2000/svg\"><a href=\"#cpu\">x</a></svg>";
+        assert_no_external_reference(ok);
+        for bad in [
+            "<svg xmlns=\"http://www.w3.org/2000/svg\"><image href=\"http://example.com/a.png\"/></svg>",
+            "<svg xmlns=\"http://www.w3.org/2000/svg\">http://example.com</svg>",
+            "<img src=\"a.png\">",
+            "<div style=\"background: url(a.png)\"></div>",
+        ] {
+            let caught = std::panic::catch_unwind(|| assert_no_external_reference(bad));
+            assert!(caught.is_err(), "not caught: {bad}");
+        }
+    }
+
     #[test]
     fn html_is_self_contained_and_escaped() {
         let mut r = results(vec![point(
@@ -969,12 +1009,7 @@ mod tests {
         let views = views(&r);
         let page = html(&r, &views);
         assert!(!page.contains("<script"), "no script, nothing fetched");
-        assert!(
-            !page.contains("http://")
-                || page
-                    .matches("http://")
-                    .all(|_| page.contains("xmlns=\"http://www.w3.org/2000/svg\""))
-        );
+        assert_no_external_reference(&page);
         for id in EXPERIMENTS {
             assert!(page.contains(&format!("id=\"{id}\"")), "{id}");
         }
