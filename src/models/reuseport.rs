@@ -44,7 +44,7 @@ pub fn run(first: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow:
     std::thread::scope(|scope| {
         let mut loops = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
-            let (gate, pool, shutdown) = (&gate, pool.as_ref(), &shutdown);
+            let (gate, pool, shutdown) = (&gate, pool.clone(), &shutdown);
             let spawned = std::thread::Builder::new()
                 .name(format!("loop-{i}"))
                 .spawn_scoped(scope, move || {

@@ -25,6 +25,7 @@
 pub mod accept;
 pub mod blocking_conn;
 pub mod conn;
+pub mod lifecycle;
 pub mod listener;
 pub mod offload;
 pub mod shutdown;
