@@ -549,9 +549,15 @@ impl<'a> Hold<'a> {
             while !stalled && in_flight < limit && next < self.slots.len() {
                 let i = next;
                 next += 1;
-                if self.slots[i].state == State::Open && self.send_request(i)? {
+                if self.slots[i].state != State::Open {
+                    continue;
+                }
+                if self.send_request(i)? {
                     sent_order.push_back(i);
                     in_flight += 1;
+                } else {
+                    // Refused at once (a reset, say): the server is still there.
+                    last_finished = Instant::now();
                 }
             }
             while let Some(&i) = sent_order.front() {
