@@ -120,7 +120,8 @@ fn offload_help() -> String {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub service: ServiceSpec,
-    /// Threads for models that use a fixed number of them (async).
+    /// `--workers`; what it sizes depends on the model ([`crate::models::Workers`]),
+    /// and on an event loop it is also the `--offload` pool's size.
     pub workers: usize,
     pub max_conns: usize,
     /// Close a connection after this long without input (or stuck writing).
