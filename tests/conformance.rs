@@ -334,15 +334,9 @@ fn configs() -> Vec<Config> {
 /// Every `concur serve` model from the registry, each with why it cannot run on
 /// this machine, if so. The one place that names the registry.
 fn concur_models() -> Vec<(String, Result<(), String>)> {
-    use clap::ValueEnum;
-    concur::serve::Model::value_variants()
+    concur::models::REGISTRY
         .iter()
-        .map(|m| {
-            (
-                m.name().to_string(),
-                m.check().map_err(|e| format!("{e:#}")),
-            )
-        })
+        .map(|m| (m.name.to_string(), m.check().map_err(|e| format!("{e:#}"))))
         .collect()
 }
 
