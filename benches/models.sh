@@ -15,11 +15,18 @@
 # CPU per request) with the reference's best: interference only ever makes a
 # round worse, so the best rounds are the least disturbed.
 #
-# `blocking` is left out: it serves one connection at a time, so 99 of the 100
-# would wait for the whole run. threadpool and prefork get a worker per connection
-# (they serve one client per worker); every other model gets --workers 1.
+# The models and their facts come from the binary (`concur models`, the registry in
+# src/models/mod.rs), so a new model is measured the day it is added. Models that
+# serve one client at a time are left out: 99 of the 100 connections would wait
+# for the whole run. The bounded pools (ceiling "workers") get a worker per
+# connection; every other model gets --workers 1. HOLD measures the models whose
+# only ceiling is the descriptor limit.
 #
-# Needs a concur with `load` and `hold`: this tree's, or CONCUR_LOAD=path/to/concur.
+#   MODELS="reference epoll async" benches/models.sh   # a subset
+#   PLAN_ONLY=1 benches/models.sh                      # print the plan, run nothing
+#
+# Builds this tree's concur unless CONCUR=path/to/concur; the load runs on the same
+# binary or CONCUR_LOAD=path/to/concur (it needs `load` and `hold`).
 # Run it on a quiet machine: anything else on cores 0 and 1 shows up in the numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,11 +36,57 @@ ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-100}
 SIZE=${SIZE:-64}
 HOLD=${HOLD:-0}
-MODELS=${MODELS:-"reference epoll uring reuseport async select threads threadpool prefork processes"}
-HOLD_MODELS=${HOLD_MODELS:-"reference epoll uring reuseport async"}
 
-cargo build --release --quiet --bin concur
-CONCUR=$PWD/target/release/concur
+if [ -z "${CONCUR:-}" ]; then
+    cargo build --release --quiet --bin concur
+    CONCUR=$PWD/target/release/concur
+fi
+REGISTRY=$("$CONCUR" models)
+
+# fact MODEL COLUMN: the registry's COLUMN (a header of `concur models`) for MODEL.
+fact() {
+    awk -v m="$1" -v col="$2" '
+        NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; next }
+        $1 == m && c { print $c; found = 1 }
+        END { exit !found }' <<<"$REGISTRY"
+}
+# models_where COLUMN VALUE: the models whose COLUMN is VALUE, in registry order.
+models_where() {
+    awk -v col="$1" -v want="$2" '
+        NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; next }
+        $c == want { print $1 }' <<<"$REGISTRY"
+}
+
+MODELS=${MODELS:-"reference $(models_where one_at_a_time no | tr '\n' ' ')"}
+HOLD_MODELS=${HOLD_MODELS:-"reference $(models_where ceiling descriptors | tr '\n' ' ')"}
+
+# The --workers a model gets: one per connection (and some to spare) for a pool
+# whose workers serve one client each, else one.
+workers_for() {
+    if [ "$(fact "$1" ceiling)" = workers ]; then
+        echo $((CONNS + 28))
+    else
+        echo 1
+    fi
+}
+
+for model in $MODELS $HOLD_MODELS; do
+    if [ "$model" != reference ] && ! fact "$model" model >/dev/null; then
+        echo "error: unknown model '$model'; concur models lists them" >&2
+        exit 2
+    fi
+done
+if [ -n "${PLAN_ONLY:-}" ]; then
+    for model in $MODELS; do
+        if [ "$model" = reference ]; then
+            echo reference
+        else
+            echo "$model --workers $(workers_for "$model")"
+        fi
+    done
+    exit 0
+fi
+
 LOAD=${CONCUR_LOAD:-$CONCUR}
 if ! "$LOAD" load --help >/dev/null 2>&1; then
     echo "error: $LOAD has no 'load' command; set CONCUR_LOAD to a concur that has" >&2
@@ -67,18 +120,12 @@ cpu_ticks() {
 # Start model $1 pinned to core 0; sets SERVER and ADDR.
 start() {
     local model=$1 out=$WORK/$1.out
-    case $model in
-    reference) taskset -c 0 "$REF" 0 >"$out" 2>/dev/null & ;;
-    # one client per worker: enough workers for every connection
-    threadpool | prefork)
+    if [ "$model" = reference ]; then
+        taskset -c 0 "$REF" 0 >"$out" 2>/dev/null &
+    else
         taskset -c 0 "$CONCUR" serve --model "$model" --service echo --prefix '' \
-            --addr 127.0.0.1:0 --workers $((CONNS + 28)) >"$out" 2>/dev/null &
-        ;;
-    *)
-        taskset -c 0 "$CONCUR" serve --model "$model" --service echo --prefix '' \
-            --addr 127.0.0.1:0 --workers 1 >"$out" 2>/dev/null &
-        ;;
-    esac
+            --addr 127.0.0.1:0 --workers "$(workers_for "$model")" >"$out" 2>/dev/null &
+    fi
     SERVER=$!
     for _ in $(seq 100); do
         grep -q '^listening on' "$out" 2>/dev/null && break

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 #[command(
     name = "concur",
     version,
-    about = "The talk 'Concurrent Programming in Python', measured in Rust"
+    about = "The talk 'Concurrent Programming in Python', measured in Rust (Linux only)",
+    long_about = "The talk 'Concurrent Programming in Python', measured in Rust.\n\n\
+        Linux only: the servers use epoll and io_uring, and the measurements read /proc."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,6 +23,8 @@ enum Command {
     Fib(concur::fib::command::FibArgs),
     /// The talk's echo and fib servers, one concurrency model at a time
     Serve(concur::serve::ServeArgs),
+    /// List the concurrency models `serve` has and the facts about each (for scripts)
+    Models,
     /// Load a server with verified requests: closed or open loop, latency percentiles
     Load(concur::load::LoadArgs),
     /// The C10K question: open N connections, hold them all, one verified round trip each
@@ -70,6 +74,15 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Serve(args) => concur::serve::run(&args).map(|()| 0),
+        Command::Models => {
+            use std::io::Write;
+            let table = concur::models::render_table();
+            std::io::stdout()
+                .lock()
+                .write_all(table.as_bytes())
+                .map_err(|e| anyhow::anyhow!("writing the table to stdout: {e}"))?;
+            Ok(0)
+        }
         Command::Load(args) => concur::load::run(&args),
         Command::Hold(args) => concur::hold::run(&args),
         Command::Lab(args) => concur::lab::run(&args, &fib::current_exe()?),

@@ -20,6 +20,7 @@ fn all_modes_verify_in_json() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let rows = report["rows"].as_array().unwrap();
     let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    let wall = |r: &serde_json::Value| r["wall_secs"].as_f64().unwrap();
     assert_eq!(
         modes,
         [
@@ -31,11 +32,19 @@ fn all_modes_verify_in_json() {
             "pool"
         ]
     );
+    let sequential = wall(&rows[0]);
     for row in rows {
         let wrong = row["wrong"].as_bool().unwrap();
+        assert_eq!(wrong, row["mode"] == "broken (as reported)", "{row}");
         assert_eq!(row["verified"].as_bool().unwrap(), !wrong, "{row}");
-        assert!(row["wall_secs"].as_f64().unwrap() >= 0.0);
-        assert!(row["speedup"].as_f64().unwrap() > 0.0);
+        // Speedup is sequential's wall time over this row's.
+        let speedup = row["speedup"].as_f64().unwrap();
+        let expected = sequential / wall(row).max(1e-9);
+        assert!(
+            (speedup - expected).abs() <= 1e-9 * expected,
+            "{row}: {speedup} vs {expected}"
+        );
+        assert!(row["cpu_secs"].is_f64(), "{row}");
     }
     assert_eq!(report["n"], serde_json::json!([24, 25, 26]));
     assert!(!report["answer"].as_str().unwrap().is_empty());
@@ -82,6 +91,11 @@ fn pool_honours_workers() {
         "3",
         "--json",
     ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["workers"], 3);
     assert_eq!(report["rows"][0]["verified"], true);

@@ -37,11 +37,19 @@ fn json_keys_and_exit_zero() {
     for kind in ["refused", "timeout", "mismatch", "closed_early"] {
         assert_eq!(v["errors"][kind], 0, "{kind}");
     }
-    assert!(v["req_per_s"].as_f64().unwrap() > 0.0);
-    assert!(v["mb_per_s"].as_f64().unwrap() > 0.0);
-    for p in ["p50", "p90", "p99", "p999", "max"] {
-        assert!(v["latency_us"][p].as_f64().unwrap() > 0.0, "{p}");
-    }
+    // The rates are the counts over the run's own elapsed time.
+    let secs = v["elapsed_secs"].as_f64().unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    let rps = v["req_per_s"].as_f64().unwrap();
+    assert!(close(rps, 200.0 / secs), "{rps} req/s over {secs} s");
+    let received = v["bytes_received"].as_f64().unwrap();
+    let mbps = v["mb_per_s"].as_f64().unwrap();
+    assert!(close(mbps, received / secs / 1e6), "{mbps} MB/s");
+    let lat: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
+        .iter()
+        .map(|p| v["latency_us"][p].as_f64().unwrap())
+        .collect();
+    assert!(lat.windows(2).all(|w| w[0] <= w[1]), "{lat:?}");
     let _: concur::load::LoadReport = serde_json::from_str(&out).expect("LoadReport");
 }
 
@@ -83,6 +91,7 @@ fn bad_arguments_exit_two_with_one_line() {
         ],
         &["load", "--addr", "127.0.0.1:1", "--rate", "0"],
         &["hold", "--addr", "127.0.0.1:1", "--duration", "5"],
+        &["hold", "--addr", "127.0.0.1:1", "--in-flight", "0"],
     ] {
         let (code, _, err) = concur(args);
         assert_eq!(code, 2, "{args:?}: {err}");

@@ -1,7 +1,8 @@
 """The talk's option 3 on asyncio: one task per client on an event loop."""
 
 import asyncio
-from common import parse_args, listen, announce, Protocol
+import socket
+from common import parse_args, listen, announce, Protocol, LINGER
 
 
 async def echo_server(args):
@@ -17,17 +18,32 @@ async def echo_server(args):
 async def echo_handler(loop, client, args):
     proto = Protocol(args)
     with client:
-        while True:
-            try:
+        try:
+            while True:
                 data = await loop.sock_recv(client, 10000)
-            except ConnectionError:
-                break
-            if not data:
-                break
-            try:
+                if not data:
+                    # The client shut down its side: send what is still owed.
+                    await loop.sock_sendall(client, proto.eof())
+                    break
                 await loop.sock_sendall(client, proto.feed(data))
-            except (ConnectionError, ValueError):
-                break
+                if proto.closed:
+                    await linger_close(loop, client)  # a request too long
+                    break
+        except ConnectionError:
+            pass  # a reset peer ends this client only
+
+
+async def linger_close(loop, client):
+    """FIN after the replies, then discard input until EOF or LINGER passes."""
+    deadline = loop.time() + LINGER
+    try:
+        client.shutdown(socket.SHUT_WR)
+        while True:
+            left = deadline - loop.time()
+            if left <= 0 or not await asyncio.wait_for(loop.sock_recv(client, 4096), left):
+                return
+    except (asyncio.TimeoutError, OSError):
+        pass  # too slow to say goodbye, or already gone
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The talk's first server: one thread, one client at a time."""
 
-from common import parse_args, listen, announce, Protocol
+from common import parse_args, listen, announce, linger_close, Protocol
 
 
 def echo_server(args):
@@ -18,10 +18,15 @@ def echo_handler(client, addr, args):
             while True:
                 data = client.recv(10000)
                 if not data:
+                    # The client shut down its side: send what is still owed.
+                    client.sendall(proto.eof())
                     break
                 client.sendall(proto.feed(data))
-        except (ConnectionError, ValueError):
-            pass  # a reset peer or a request too long ends this client only
+                if proto.closed:
+                    linger_close(client)  # a request too long ends this client
+                    break
+        except ConnectionError:
+            pass  # a reset peer ends this client only
 
 
 if __name__ == "__main__":

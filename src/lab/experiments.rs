@@ -12,6 +12,7 @@
 use super::runner::{self, Server};
 use super::stats::Point;
 use super::{Lab, Plan};
+use crate::models::{Ceiling, ModelInfo};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -21,17 +22,17 @@ use std::time::Duration;
 /// Every model `concur serve` has, in its registry's order. One the binary cannot run
 /// here (io_uring refused by the kernel, say) is reported as not available.
 pub fn rust_models() -> Vec<&'static str> {
-    use clap::ValueEnum;
-    crate::serve::Model::value_variants()
-        .iter()
-        .map(|m| m.name())
-        .collect()
+    crate::models::REGISTRY.iter().map(|m| m.name).collect()
+}
+
+/// Whether `name` is a concur model with a fact (false for the Python peers).
+fn model_has(name: &str, fact: impl Fn(&ModelInfo) -> bool) -> bool {
+    crate::models::by_name(name).is_some_and(fact)
 }
 
 /// Whether `name` is an event-loop model: fib is inline there unless `--offload`.
 pub fn is_event_loop(name: &str) -> bool {
-    use clap::ValueEnum;
-    crate::serve::Model::from_str(name, false).is_ok_and(|m| m.is_event_loop())
+    model_has(name, |m| m.event_loop)
 }
 
 /// The talk's servers in Python: (name, file under peers/python/).
@@ -337,24 +338,20 @@ fn load_run(
 
 // ---------------------------------------------------------------- 3. scaling
 
-/// The rungs a server climbs: process-per-client and one-at-a-time servers stop at
-/// 10k (50k forked processes would not fit in this machine's memory).
+/// The rungs a server climbs: one-at-a-time servers only the first; servers that
+/// fork, or serve a fixed pool's worth of clients at once, stop at 10k (50k forked
+/// processes would not fit in this machine's memory, and a pool fails well before).
 fn rungs(plan: &Plan, server: &str) -> Vec<u32> {
-    let small_only = ["blocking", "python-blocking"];
-    let no_top = [
-        "processes",
-        "prefork",
-        "threadpool",
-        "python-processes",
-        "python-threads",
-    ];
+    let small_only = model_has(server, ModelInfo::one_at_a_time) || server == "python-blocking";
+    let no_top = model_has(server, |m| m.forks || m.ceiling == Ceiling::Workers)
+        || ["python-processes", "python-threads"].contains(&server);
     plan.hold_conns
         .iter()
         .copied()
         .filter(|&n| {
-            if small_only.contains(&server) {
+            if small_only {
                 n <= plan.hold_conns[0]
-            } else if no_top.contains(&server) {
+            } else if no_top {
                 n <= 10_000
             } else {
                 true
@@ -541,8 +538,10 @@ pub fn fibload(lab: &mut Lab) -> Result<()> {
 /// The fibload servers: every event loop inline and with `--offload`, and the
 /// thread-per-client servers (Rust and Python) and Python's asyncio for comparison.
 fn fibload_configs(plan: &Plan, python: bool) -> Vec<(ServerSpec, bool)> {
-    let chosen =
-        |s: &str| is_event_loop(s) || ["threads", "python-asyncio", "python-threads"].contains(&s);
+    let chosen = |s: &str| {
+        model_has(s, |m| m.event_loop || m.ceiling == Ceiling::Threads)
+            || ["python-asyncio", "python-threads"].contains(&s)
+    };
     let mut configs = Vec::new();
     for spec in servers(plan, python, chosen) {
         if is_event_loop(&spec.name) {

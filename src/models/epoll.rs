@@ -1,6 +1,7 @@
-//! `epoll`: one thread, a readiness loop on mio: epoll(7) on Linux (kqueue on BSD
-//! and macOS). Where the talk ends: "select is painful; epoll, kqueue and IOCP are
-//! the scalable mechanisms; asyncio hides them."
+//! `epoll`: one thread, a readiness loop on epoll(7), through mio. Where the talk
+//! ends: "select is painful; epoll, kqueue and IOCP are the scalable mechanisms;
+//! asyncio hides them." concur runs on Linux only, so epoll is the one of the three
+//! it uses (and io_uring, in `uring`, stands in for IOCP).
 //!
 //! ```python
 //! sel = selectors.DefaultSelector()          # epoll on Linux

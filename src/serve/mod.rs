@@ -1,26 +1,25 @@
 //! `concur serve`: the talk's servers behind one command.
 //!
-//! Every model in `src/models/` has the same signature, [`ModelFn`]: it gets a bound,
-//! non-blocking listener, the [`ServeConfig`] and a [`Shutdown`] handle, and serves
-//! until shutdown. Everything that is not "the concurrency" lives here, so two model
-//! files differ only in how they wait:
+//! Every model in `src/models/` has the same signature
+//! ([`crate::models::ModelFn`]): it gets a bound, non-blocking listener, the
+//! [`ServeConfig`] and a [`Shutdown`] handle, and serves until shutdown. Everything
+//! that is not "the concurrency" lives here, so two model files differ only in how
+//! they wait. This is plumbing: it names no model; what it must know about one
+//! (whether `--offload` applies, the default `--workers`, SO_REUSEPORT, a kernel
+//! check) it reads from the model's row in [`crate::models::REGISTRY`].
 //!
 //! - [`listener`]: binding (SO_REUSEADDR, backlog 1024) and the errors a user can fix.
 //! - [`shutdown`]: SIGINT/SIGTERM as a self-pipe every model can wait on.
 //! - [`accept`]: the accept loop's shared rules: `--max-conns`, back-off when accept
 //!   fails with EMFILE/ENFILE, per-connection log lines.
-//! - [`blocking_conn`]: one client served with blocking calls (blocking, threads,
-//!   processes, threadpool, prefork).
+//! - [`blocking_conn`]: one client served with blocking calls, for the models that
+//!   give each client a thread or process of its own.
 //! - [`conn`]: one client's state for event loops: its session and its bounded
-//!   buffer of unsent replies (select, epoll, reuseport, uring); `drive()` for
-//!   edge-triggered loops.
+//!   buffer of unsent replies; `drive()` for edge-triggered loops.
 //! - [`offload`]: `--offload`, the worker pool event loops hand fib to, and the
 //!   eventfd mailbox that wakes them with the replies.
 //!
-//! Adding a model: write `src/models/NAME.rs` with `pub fn run(listener, cfg,
-//! shutdown)`, add a variant to [`Model`] and one arm to [`Model::runner`] (and to
-//! [`Model::check`] if it needs something the kernel may lack). The test harness in
-//! `tests/serve_harness/` lists model names; adding one there runs the whole suite.
+//! Adding a model is described in [`crate::models`]: a file and a registry row.
 
 pub mod accept;
 pub mod blocking_conn;
@@ -33,10 +32,10 @@ pub mod shutdown;
 pub use shutdown::Shutdown;
 
 use crate::error::bad_input;
+use crate::models::ModelInfo;
 use crate::protocol::{DEFAULT_MAX_N, ServiceSpec, echo::DEFAULT_PREFIX};
 use anyhow::{Context, Result};
 use std::io::Write;
-use std::net::TcpListener;
 use std::time::Duration;
 
 /// Bytes taken per read (the talk reads 10000).
@@ -52,104 +51,6 @@ pub const GRACE: Duration = Duration::from_secs(3);
 /// The fib service's default `--idle-timeout`, in seconds.
 pub const FIB_IDLE_TIMEOUT_SECS: f64 = 60.0;
 
-/// The signature every model implements.
-pub type ModelFn = fn(TcpListener, &ServeConfig, Shutdown) -> Result<()>;
-
-/// The concurrency models, by their command-line names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Model {
-    /// The talk's first server: one thread, one client at a time.
-    Blocking,
-    /// A new OS thread per client (the talk's option 1).
-    Threads,
-    /// fork() a child process per client (the talk's option 2).
-    Processes,
-    /// One thread, a select(2) readiness loop (the talk's option 3).
-    Select,
-    /// tokio, the asyncio of Rust: one task per client on `--workers` threads.
-    Async,
-    /// One thread, an epoll readiness loop (kqueue on BSD/macOS) via mio.
-    Epoll,
-    /// A fixed pool of `--workers` threads serving clients from a bounded queue.
-    Threadpool,
-    /// `--workers` epoll loops, one per core, each with its own SO_REUSEPORT listener.
-    Reuseport,
-    /// `--workers` pre-forked processes accepting on the shared listener (Apache).
-    Prefork,
-    /// One thread, a completion loop on io_uring (Linux's IOCP).
-    Uring,
-}
-
-impl Model {
-    /// The model's name as the command line spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Model::Blocking => "blocking",
-            Model::Threads => "threads",
-            Model::Processes => "processes",
-            Model::Select => "select",
-            Model::Async => "async",
-            Model::Epoll => "epoll",
-            Model::Threadpool => "threadpool",
-            Model::Reuseport => "reuseport",
-            Model::Prefork => "prefork",
-            Model::Uring => "uring",
-        }
-    }
-
-    /// The function that runs this model.
-    pub fn runner(self) -> ModelFn {
-        use crate::models;
-        match self {
-            Model::Blocking => models::blocking::run,
-            Model::Threads => models::threads::run,
-            Model::Processes => models::processes::run,
-            Model::Select => models::select::run,
-            Model::Async => models::async_::run,
-            Model::Epoll => models::epoll::run,
-            Model::Threadpool => models::threadpool::run,
-            Model::Reuseport => models::reuseport::run,
-            Model::Prefork => models::prefork::run,
-            Model::Uring => models::uring::run,
-        }
-    }
-
-    /// `--workers` when not given: one per core, except for the models whose
-    /// workers block on one client each (threadpool, prefork): 8 per core.
-    pub fn default_workers(self) -> usize {
-        match self {
-            Model::Threadpool | Model::Prefork => 8 * crate::sys::cores(),
-            _ => crate::sys::cores(),
-        }
-    }
-
-    /// Whether the model is an event loop, where `--offload` means something.
-    pub fn is_event_loop(self) -> bool {
-        matches!(
-            self,
-            Model::Select | Model::Async | Model::Epoll | Model::Reuseport | Model::Uring
-        )
-    }
-
-    /// Whether this OS or kernel can run the model; the error is the user's to fix.
-    pub fn check(self) -> Result<()> {
-        if !cfg!(target_os = "linux") {
-            return Err(bad_input(format!(
-                "model {} needs Linux (it reads /proc and uses Linux socket semantics)",
-                self.name()
-            )));
-        }
-        if self == Model::Uring
-            && let Err(e) = crate::models::uring::available()
-        {
-            return Err(bad_input(format!(
-                "io_uring is not available on this kernel: {e}"
-            )));
-        }
-        Ok(())
-    }
-}
-
 /// Which service the server speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Service {
@@ -162,9 +63,9 @@ pub enum Service {
 /// `concur serve` options. Scripts and `concur lab` depend on these names.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Concurrency model
-    #[arg(long, value_enum)]
-    pub model: Model,
+    /// Concurrency model (`concur models` lists them with their facts)
+    #[arg(long, value_parser = crate::models::value_parser())]
+    pub model: &'static ModelInfo,
     /// Service to speak
     #[arg(long, value_enum)]
     pub service: Service,
@@ -172,10 +73,7 @@ pub struct ServeArgs {
     /// `[::]:25000` (IPv6) to listen on every interface, as the talk's ('', 25000) does
     #[arg(long, default_value = "127.0.0.1:25000")]
     pub addr: String,
-    /// Threads (or processes) for the models with a fixed number: async, reuseport
-    /// (event loops), threadpool, prefork, and the --offload pool [default: number
-    /// of cores; 8 per core for threadpool and prefork]
-    #[arg(long)]
+    #[arg(long, help = workers_help())]
     pub workers: Option<usize>,
     /// Echo reply prefix; --prefix '' gives plain echo (RFC 862)
     #[arg(long, default_value = DEFAULT_PREFIX)]
@@ -190,22 +88,41 @@ pub struct ServeArgs {
     /// echo, as in the talk; 60 for fib]
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<f64>,
-    /// Event-loop models (select, epoll, async, uring, reuseport): compute fib on a
-    /// pool of --workers threads instead of inline, so other clients keep being
-    /// served; replies on a connection stay in request order
-    #[arg(long)]
+    #[arg(long, help = offload_help())]
     pub offload: bool,
     /// -v logs each connection (the talk's "Connection from ..."), -vv debug
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
 
+/// `--workers`' help, naming the models it applies to from the registry.
+fn workers_help() -> String {
+    use crate::models::{Workers, names_where};
+    let pools = names_where(|m| m.workers == Workers::Pool);
+    format!(
+        "Threads (or processes) for the models with a fixed number: the pools serving \
+         one client per worker ({pools}), the event loops run on several threads ({}), \
+         and the --offload pool [default: number of cores; 8 per core for {pools}]",
+        names_where(|m| m.workers == Workers::Loops),
+    )
+}
+
+/// `--offload`'s help, naming the event loops from the registry.
+fn offload_help() -> String {
+    format!(
+        "Event-loop models ({}): compute fib on a pool of --workers threads instead \
+         of inline, so other clients keep being served; replies on a connection stay \
+         in request order",
+        crate::models::names_where(|m| m.event_loop)
+    )
+}
+
 /// Everything a model needs to know, checked.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub model: Model,
     pub service: ServiceSpec,
-    /// Threads for models that use a fixed number of them (async).
+    /// `--workers`; what it sizes depends on the model ([`crate::models::Workers`]),
+    /// and on an event loop it is also the `--offload` pool's size.
     pub workers: usize,
     pub max_conns: usize,
     /// Close a connection after this long without input (or stuck writing).
@@ -251,15 +168,15 @@ impl ServeConfig {
             )));
         }
         let idle_timeout = (idle_secs > 0.0).then(|| Duration::from_secs_f64(idle_secs));
-        if args.offload && !args.model.is_event_loop() {
+        if args.offload && !args.model.event_loop {
             return Err(bad_input(format!(
-                "--offload is for event-loop models (select, epoll, async, uring, reuseport); \
-                 {} already computes fib off the accept loop",
-                args.model.name()
+                "--offload is for event-loop models ({}); {} already computes fib off \
+                 the accept loop",
+                crate::models::names_where(|m| m.event_loop),
+                args.model.name
             )));
         }
         Ok(ServeConfig {
-            model: args.model,
             service,
             workers,
             max_conns: args.max_conns,
@@ -273,25 +190,26 @@ impl ServeConfig {
 /// `concur serve`: check, bind, announce, serve until SIGINT/SIGTERM.
 pub fn run(args: &ServeArgs) -> Result<()> {
     crate::logging::init(args.verbose);
+    let model = args.model;
     let cfg = ServeConfig::from_args(args)?;
-    cfg.model.check()?;
+    model.check()?;
     if let Err(e) = crate::sys::raise_fd_limit() {
         tracing::warn!("cannot raise the descriptor limit: {e}");
     }
     let shutdown = Shutdown::install().context("installing SIGINT/SIGTERM handlers")?;
-    let listener = listener::bind_with(&args.addr, cfg.model == Model::Reuseport)?;
+    let listener = listener::bind_with(&args.addr, model.reuse_port)?;
     let local = listener.local_addr().context("reading the bound address")?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
         "listening on {local} model={} service={}",
-        cfg.model.name(),
+        model.name,
         cfg.service.name()
     )
     .and_then(|()| out.flush())
     .context("writing the listening line to stdout")?;
     drop(out);
-    (cfg.model.runner())(listener, &cfg, shutdown)?;
+    (model.run)(listener, &cfg, shutdown)?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -344,7 +262,7 @@ pub fn is_routine(err: &std::io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{Parser, ValueEnum};
+    use clap::Parser;
 
     #[derive(Parser)]
     struct Cli {
@@ -358,10 +276,14 @@ mod tests {
     }
 
     #[test]
-    fn model_names_match_the_command_line() {
-        for model in Model::value_variants() {
-            let spelled = model.to_possible_value().unwrap();
-            assert_eq!(spelled.get_name(), model.name());
+    fn every_registry_model_is_accepted() {
+        for m in crate::models::REGISTRY {
+            let cli = Cli::try_parse_from(["serve", "--model", m.name, "--service", "echo"]);
+            assert_eq!(cli.unwrap().serve.model.name, m.name);
+            let cfg = config(&["--model", m.name, "--service", "echo"]).unwrap();
+            assert_eq!(cfg.workers, m.default_workers(), "{}", m.name);
+            let offload = config(&["--model", m.name, "--service", "fib", "--offload"]);
+            assert_eq!(offload.is_ok(), m.event_loop, "{}", m.name);
         }
     }
 

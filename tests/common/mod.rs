@@ -1,14 +1,16 @@
 //! Test servers for the load and hold tests: small std::net thread-per-connection
 //! servers on 127.0.0.1:0, one correct (built on `concur::protocol`) and several
-//! deliberately faulty, each fault counted in replies on one connection.
+//! deliberately faulty, each fault counted in replies on one connection; and a
+//! gated fib server ([`serve_gated`]) that records how many requests were ever
+//! outstanding at once.
 #![allow(dead_code)]
 
 use concur::protocol::{Flow, ServiceSpec};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// How a test server misbehaves. Reply numbers count from 1 on each connection; a
 /// fib reply is a line, an echo reply is what one read produced.
@@ -24,6 +26,9 @@ pub enum Fault {
     CloseAfter(u64),
     /// Read everything, answer nothing.
     Silent,
+    /// The connection whose data arrives first (over all connections) is never
+    /// answered; every other one is.
+    SilentOnce,
     /// Before the n-th reply over all connections, sleep this long (once).
     StallOnce {
         reply: u64,
@@ -43,14 +48,38 @@ pub fn fib() -> ServiceSpec {
     ServiceSpec::Fib { max_n: 40 }
 }
 
+/// What a test server saw, shared by all its connections.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Replies so far over all connections (counted by [`Fault::StallOnce`]).
+    replies: AtomicU64,
+    /// Whether the one stall has happened.
+    stalled: AtomicBool,
+    /// How long the stall really lasted, in nanoseconds (0 until it ends).
+    pub stall_ns: AtomicU64,
+    /// Whether [`Fault::SilentOnce`] has picked its connection.
+    silenced: AtomicBool,
+    /// Connections accepted, by the client's address.
+    pub peers: Mutex<std::collections::BTreeMap<std::net::IpAddr, u64>>,
+}
+
 /// Start a server; it runs until the test process ends.
 pub fn serve(spec: ServiceSpec, fault: Fault) -> SocketAddr {
+    serve_seen(spec, fault).0
+}
+
+/// [`serve`], also returning what the server saw.
+pub fn serve_seen(spec: ServiceSpec, fault: Fault) -> (SocketAddr, Arc<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
     let addr = listener.local_addr().unwrap();
-    let shared = Arc::new((AtomicU64::new(0), AtomicBool::new(false)));
+    let seen = Arc::new(Seen::default());
+    let shared = seen.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
+            if let Ok(peer) = stream.peer_addr() {
+                *shared.peers.lock().unwrap().entry(peer.ip()).or_default() += 1;
+            }
             let spec = spec.clone();
             let shared = shared.clone();
             std::thread::spawn(move || {
@@ -58,7 +87,7 @@ pub fn serve(spec: ServiceSpec, fault: Fault) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, seen)
 }
 
 /// A port with nothing listening on it.
@@ -71,7 +100,7 @@ fn connection(
     mut stream: TcpStream,
     spec: ServiceSpec,
     fault: Fault,
-    shared: &(AtomicU64, AtomicBool),
+    shared: &Seen,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let is_fib = matches!(spec, ServiceSpec::Fib { .. });
@@ -82,11 +111,17 @@ fn connection(
     };
     let mut buf = vec![0u8; chunk];
     let mut replies = 0u64;
+    let mut silent = matches!(fault, Fault::Silent);
+    let mut first = true;
     loop {
         let n = stream.read(&mut buf)?;
         if n == 0 {
             return Ok(());
         }
+        if first && matches!(fault, Fault::SilentOnce) {
+            silent = !shared.silenced.swap(true, Ordering::SeqCst);
+        }
+        first = false;
         let mut out = Vec::new();
         let flow = session.feed(&buf[..n], &mut out);
         // Where each reply ends in `out` (exclusive).
@@ -118,9 +153,14 @@ fn connection(
                     break;
                 }
                 Fault::StallOnce { reply, ms } => {
-                    let total = shared.0.fetch_add(1, Ordering::SeqCst) + 1;
-                    if total >= reply && !shared.1.swap(true, Ordering::SeqCst) {
+                    let total = shared.replies.fetch_add(1, Ordering::SeqCst) + 1;
+                    if total >= reply && !shared.stalled.swap(true, Ordering::SeqCst) {
+                        // The fault itself, not synchronisation: this connection
+                        // stops answering for a while.
+                        let t = Instant::now();
                         std::thread::sleep(Duration::from_millis(ms));
+                        let ns = t.elapsed().as_nanos() as u64;
+                        shared.stall_ns.store(ns, Ordering::SeqCst);
                     }
                 }
                 _ => {}
@@ -130,7 +170,7 @@ fn connection(
         if let Some(at) = drop_at {
             out.remove(at);
         }
-        if matches!(fault, Fault::Silent) {
+        if silent {
             continue;
         }
         stream.write_all(&out)?;
@@ -138,4 +178,117 @@ fn connection(
             return Ok(());
         }
     }
+}
+
+/// A fib server that answers in batches of `k`: request number `t` (counted over
+/// all connections, from 0) is answered only once `min(total, (t / k + 1) * k)`
+/// requests have arrived. A client that keeps `k` requests in flight therefore
+/// makes exactly `k` outstanding at once (the batch fills, then is answered); one
+/// that sends more makes more outstanding, and one that never has `k` in flight
+/// waits for ever (its own timeout ends that). Every count is kept for the test.
+pub struct Gate {
+    k: u64,
+    total: u64,
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct GateState {
+    /// Requests arrived so far, over all connections.
+    pub arrivals: u64,
+    /// Requests arrived and not yet answered.
+    pub outstanding: u64,
+    /// The most ever outstanding at once.
+    pub max_outstanding: u64,
+    /// Requests each finished connection made, in the order they finished.
+    pub requests_per_conn: Vec<u64>,
+}
+
+/// Waits in the gated server are bounded by this, so a broken client cannot hang a
+/// test: a guard against hangs, never part of a verdict.
+const GATE_GUARD: Duration = Duration::from_secs(60);
+
+impl Gate {
+    /// Wait (bounded) until `conns` connections have finished; the state then.
+    pub fn finished(&self, conns: usize) -> GateState {
+        let state = self.state.lock().unwrap();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, GATE_GUARD, |s| s.requests_per_conn.len() < conns)
+            .unwrap();
+        state.clone()
+    }
+
+    fn arrive(&self, requests: u64) {
+        let mut s = self.state.lock().unwrap();
+        let last = s.arrivals + requests - 1;
+        s.arrivals += requests;
+        s.outstanding += requests;
+        s.max_outstanding = s.max_outstanding.max(s.outstanding);
+        self.changed.notify_all();
+        let open_at = self.total.min((last / self.k + 1) * self.k);
+        let _ = self
+            .changed
+            .wait_timeout_while(s, GATE_GUARD, |s| s.arrivals < open_at)
+            .unwrap();
+    }
+
+    fn answered(&self, requests: u64) {
+        self.state.lock().unwrap().outstanding -= requests;
+    }
+
+    fn closed(&self, requests: u64) {
+        self.state.lock().unwrap().requests_per_conn.push(requests);
+        self.changed.notify_all();
+    }
+}
+
+/// Start a gated fib server (see [`Gate`]) expecting `total` requests in all.
+pub fn serve_gated(k: u64, total: u64) -> (SocketAddr, Arc<Gate>) {
+    assert!(k >= 1 && total >= 1);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
+    let addr = listener.local_addr().unwrap();
+    let gate = Arc::new(Gate {
+        k,
+        total,
+        state: Mutex::new(GateState::default()),
+        changed: Condvar::new(),
+    });
+    let shared = gate.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let gate = shared.clone();
+            std::thread::spawn(move || gated_connection(stream, &gate));
+        }
+    });
+    (addr, gate)
+}
+
+fn gated_connection(mut stream: TcpStream, gate: &Gate) {
+    let mut session = fib().session();
+    let mut buf = vec![0u8; 4096];
+    let mut requests = 0;
+    let mut out = Vec::new();
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let lines = buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        out.clear();
+        session.feed(&buf[..n], &mut out);
+        if lines > 0 {
+            requests += lines;
+            gate.arrive(lines);
+            // No longer outstanding before the reply is written: once it is, the
+            // client may send its next request, which must not find this one
+            // still counted.
+            gate.answered(lines);
+        }
+        if stream.write_all(&out).is_err() {
+            break;
+        }
+    }
+    gate.closed(requests);
 }

@@ -1,41 +1,42 @@
 //! The harness every `concur serve` model is tested with: start the real binary on
 //! port 0, talk to it over 127.0.0.1, read /proc for its threads, descriptors,
-//! children and memory. Adding a model name to [`MODELS`] runs the whole suite on it.
+//! children and memory, and read its log as it is written. The models come from the
+//! registry ([`concur::models::REGISTRY`]): a model added there runs the whole suite,
+//! and a test that expects different things of different models asks the registry's
+//! facts, never a name.
 
 #![allow(dead_code)]
 
+#[allow(unused_imports)] // not every test binary that includes the harness uses each
+pub use concur::models::{Ceiling, ModelInfo, REGISTRY};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
-
-/// Every model `concur serve --model` accepts.
-pub const MODELS: &[&str] = &[
-    "blocking",
-    "threads",
-    "processes",
-    "select",
-    "async",
-    "epoll",
-];
-
-/// Models that serve one client at a time.
-pub fn one_at_a_time(model: &str) -> bool {
-    model == "blocking"
-}
 
 /// Socket timeout for test clients: generous, so a noisy machine never flakes, but a
 /// hung server fails the test instead of hanging it.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// What the server wrote to stderr so far, line by line, and whether it has closed
+/// it (the server and every child it forked have exited).
+#[derive(Default)]
+struct Log {
+    lines: Mutex<(Vec<String>, bool)>,
+    grew: Condvar,
+}
+
 /// A running `concur serve`; SIGKILLed on drop.
 pub struct Server {
     child: Child,
     _stdout: BufReader<ChildStdout>,
+    log: Arc<Log>,
     pub addr: SocketAddr,
     pub pid: u32,
     pub model: String,
+    /// The model's registry row.
+    pub info: &'static ModelInfo,
 }
 
 impl Server {
@@ -43,13 +44,33 @@ impl Server {
         Server::start_with(model, service, extra, |_| {})
     }
 
-    /// Start with a hook to adjust the command (limits, say).
+    /// Start with a hook to adjust the command (limits, say). With CONCUR_TEST_LOG
+    /// set, the server runs with -vv and its log is copied to the test's stderr.
     pub fn start_with(
         model: &str,
         service: &str,
         extra: &[&str],
         adjust: impl FnOnce(&mut Command),
     ) -> Server {
+        let verbose = std::env::var_os("CONCUR_TEST_LOG").is_some();
+        Server::launch(model, service, extra, verbose, adjust)
+    }
+
+    /// Start with exactly these arguments, whatever CONCUR_TEST_LOG says.
+    pub fn start_exact(model: &str, service: &str, extra: &[&str]) -> Server {
+        Server::launch(model, service, extra, false, |_| {})
+    }
+
+    fn launch(
+        model: &str,
+        service: &str,
+        extra: &[&str],
+        verbose: bool,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Server {
+        raise_own_fd_limit();
+        let info = concur::models::by_name(model)
+            .unwrap_or_else(|| panic!("{model} is not in the registry"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_concur"));
         cmd.args([
             "serve",
@@ -62,14 +83,29 @@ impl Server {
         ])
         .args(extra)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-        if std::env::var_os("CONCUR_TEST_LOG").is_some() {
-            cmd.arg("-vv").stderr(Stdio::inherit());
-        } else {
-            cmd.stderr(Stdio::null());
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if verbose {
+            cmd.arg("-vv");
         }
         adjust(&mut cmd);
         let mut child = cmd.spawn().expect("spawn concur serve");
+        let log = Arc::new(Log::default());
+        if let Some(stderr) = child.stderr.take() {
+            let (log, model) = (log.clone(), model.to_string());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if verbose {
+                        eprintln!("[{model}] {line}");
+                    }
+                    log.lines.lock().unwrap().0.push(line);
+                    log.grew.notify_all();
+                }
+                log.lines.lock().unwrap().1 = true;
+                log.grew.notify_all();
+            });
+        }
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {
@@ -93,9 +129,48 @@ impl Server {
             pid: child.id(),
             child,
             _stdout: stdout,
+            log,
             addr,
             model: model.to_string(),
+            info,
         }
+    }
+
+    /// Wait (bounded by `limit`) for a log line containing `needle`; whether one came.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if lines.0.iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || lines.1 {
+                return false;
+            }
+            lines = self.log.grew.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// Whether a log line so far contains `needle`.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        let lines = self.log.lines.lock().unwrap();
+        lines.0.iter().any(|l| l.contains(needle))
+    }
+
+    /// The whole log, once the server and its children have closed stderr (bounded
+    /// by `limit`: whatever came by then).
+    pub fn final_log(&self, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        let mut lines = self.log.lines.lock().unwrap();
+        while !lines.1 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            lines = self.log.grew.wait_timeout(lines, left).unwrap().0;
+        }
+        lines.0.join("\n")
     }
 
     /// A client socket with timeouts.
@@ -360,13 +435,47 @@ pub fn probe_echo(server: &Server) {
     );
 }
 
-/// Run `f` for every model on its own thread; panics name the model.
-pub fn for_each_model(f: impl Fn(&str) + Sync) {
+/// Whether a reply has already arrived on `s` (a non-blocking peek).
+pub fn has_reply(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let ready = s.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0);
+    s.set_nonblocking(false).unwrap();
+    ready
+}
+
+/// Whether the server has already closed `s` (a non-blocking peek sees EOF or a
+/// reset); false while it is open, with or without data waiting.
+pub fn closed_by_server(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let closed = match s.peek(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != ErrorKind::WouldBlock,
+    };
+    s.set_nonblocking(false).unwrap();
+    closed
+}
+
+/// Raise this test process's descriptor limit to its hard limit, once: the tests
+/// run every model at once, each with up to a hundred clients.
+fn raise_own_fd_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = concur::sys::raise_fd_limit();
+    });
+}
+
+/// Run `f` for every model in the registry, each on its own thread; panics name
+/// the model.
+pub fn for_each_model(f: impl Fn(&'static ModelInfo) + Sync) {
     std::thread::scope(|scope| {
-        let handles: Vec<_> = MODELS.iter().map(|m| (m, scope.spawn(|| f(m)))).collect();
+        let handles: Vec<_> = REGISTRY
+            .iter()
+            .map(|m| (m.name, scope.spawn(|| f(m))))
+            .collect();
         let failed: Vec<&str> = handles
             .into_iter()
-            .filter_map(|(m, h)| h.join().is_err().then_some(*m))
+            .filter_map(|(name, h)| h.join().is_err().then_some(name))
             .collect();
         assert!(failed.is_empty(), "failed for models: {failed:?}");
     });
