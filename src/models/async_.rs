@@ -27,24 +27,25 @@
 //! tasks meanwhile, and the replies to one read are written in request order.
 //!
 //! Cost: epoll underneath, one registration per client; memory per idle client is
-//! its task, its session and tokio's registration: no read buffer (the task waits
-//! for readiness, then reads into its worker thread's buffer), no reply buffer
+//! its task, its session and tokio's registration: no read buffer (the task's read
+//! borrows its worker thread's buffer only while it is polled), no reply buffer
 //! unless small: about 1.8 KB resident per idle connection (measured with 10,000
 //! held), most of it the task's future. Ceiling:
 //! tens of thousands of clients, bounded by the descriptor limit and `--max-conns`
 //! (10,000 by default, reached on the 2-core development machine).
 
-use crate::protocol::{Flow, Job, Sink};
+use crate::protocol::{Flow, Job, Session, Sink};
 use crate::serve::accept::{ConnToken, Gate, after_accept_error};
 use crate::serve::offload::INLINE_MAX_N;
 use crate::serve::{LINGER, READ_SIZE, ServeConfig, Shutdown, log_closed, log_io_error, log_open};
 use anyhow::Context;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -132,33 +133,11 @@ async fn serve_conn(
     let stopped = requested(stop);
     tokio::pin!(stopped);
     loop {
-        tokio::select! {
-            r = within(cfg.idle_timeout, stream.readable()) => r?,
-            _ = &mut stopped => return linger_close(stream).await,
-        };
-        // Read into the worker thread's buffer and feed the protocol at once, with
-        // no await in between: an idle task holds no read buffer.
         out.clear();
         let mut replies = Offloaded::default();
-        let read = READ_BUF.with_borrow_mut(|buf| match read_drained(stream, buf) {
-            Ok(0) => {
-                session.eof(&mut out);
-                Ok(Some((0, Flow::Close)))
-            }
-            Ok(n) if cfg.offload => Ok(Some((n, session.feed(&buf[..n], &mut replies)))),
-            Ok(n) => Ok(Some((n, session.feed(&buf[..n], &mut out)))),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        })?;
-        let Some((n, flow)) = read else {
-            continue; // readiness was stale
+        let (n, flow) = tokio::select! {
+            r = within(cfg.idle_timeout, read_and_feed(stream, &mut session, &mut out, cfg.offload.then_some(&mut replies))) => r?,
+            _ = &mut stopped => return linger_close(stream).await,
         };
         if n == 0 {
             return within(cfg.idle_timeout, stream.write_all(&out)).await;
@@ -180,31 +159,44 @@ async fn serve_conn(
     }
 }
 
-/// One read, like `try_read`, that also tells tokio the socket is drained when the
-/// read was shorter than the buffer (TCP: nothing more was queued), so the next
-/// wait goes straight to epoll instead of spending a read on EAGAIN, as the epoll
-/// model does. Nothing is lost: tokio keeps a FIN (READ_CLOSED) once seen, and
-/// clears readiness only if no new event came in since it looked.
-fn read_drained(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    let result = stream.try_io(tokio::io::Interest::READABLE, || {
-        // SAFETY: recv(2) into a buffer we own, of its length.
-        let n = unsafe { libc::recv(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        got = n as usize;
-        if got > 0 && got < buf.len() {
-            Err(io::ErrorKind::WouldBlock.into()) // drained: clear the readiness
-        } else {
-            Ok(())
-        }
-    });
-    match result {
-        Ok(()) => Ok(got),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
-        Err(e) => Err(e),
-    }
+/// Wait for input, read it into this worker thread's buffer and feed it to the
+/// session in the same poll, with no await in between: an idle task holds no read
+/// buffer. Requests go to `offloaded` if given (`--offload`), else to `out`; the end
+/// of stream is told to the session with `out`. Returns the bytes read (0: end of
+/// stream) and the session's flow.
+///
+/// This is tokio's documented `AsyncRead::poll_read`, which also treats a read
+/// shorter than the buffer as having drained the socket (TCP: nothing more was
+/// queued) and clears the readiness, so the next wait goes straight to epoll instead
+/// of spending a read on EAGAIN, as the epoll model does (tokio-rs/tokio#5866).
+fn read_and_feed<'a>(
+    stream: &'a mut TcpStream,
+    session: &'a mut Session,
+    out: &'a mut Vec<u8>,
+    mut offloaded: Option<&'a mut Offloaded>,
+) -> impl Future<Output = io::Result<(usize, Flow)>> + 'a {
+    std::future::poll_fn(move |cx| {
+        READ_BUF.with_borrow_mut(|buf| {
+            let mut read = ReadBuf::new(buf);
+            loop {
+                match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => break,
+                }
+            }
+            let data = read.filled();
+            Poll::Ready(Ok(match (data.len(), offloaded.as_deref_mut()) {
+                (0, _) => {
+                    session.eof(out);
+                    (0, Flow::Close)
+                }
+                (n, Some(replies)) => (n, session.feed(data, replies)),
+                (n, None) => (n, session.feed(data, out)),
+            }))
+        })
+    })
 }
 
 thread_local! {
