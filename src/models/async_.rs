@@ -22,9 +22,14 @@
 //! a long fib holds one worker thread, and every client whose task sits on that
 //! worker's queue waits (with `--workers 1`, every client waits). The talk's lesson.
 //!
-//! `--offload` sends fib to tokio's blocking pool (`spawn_blocking`, at most
-//! `--workers` threads): the task awaits the result, its worker thread serves other
-//! tasks meanwhile, and the replies to one read are written in request order.
+//! `--offload` sends fib to the same bounded, fair pool the other event loops use
+//! ([`crate::serve::offload`], `--workers` threads), not to tokio's `spawn_blocking`,
+//! whose queue has no limit and no notion of connections. Each task has its own
+//! lane in the pool and awaits each job's reply on a oneshot channel, its worker
+//! thread serving other tasks meanwhile; replies are written in request order. A
+//! task has at most [`MAX_JOBS_PER_CONN`] jobs queued or running: then its session
+//! pauses, the task stops reading, and each reply it writes makes room to parse the
+//! next held request. When the task ends (the client went), its queued jobs go.
 //!
 //! Cost: epoll underneath, one registration per client; memory per idle client is
 //! its task, its session and tokio's registration: no read buffer (the task's read
@@ -36,9 +41,10 @@
 
 use crate::protocol::{Flow, Job, Session, Sink};
 use crate::serve::accept::{ConnToken, Gate, after_accept_error};
-use crate::serve::offload::INLINE_MAX_N;
+use crate::serve::offload::{INLINE_MAX_N, Lane, MAX_JOBS_PER_CONN, Pool};
 use crate::serve::{LINGER, READ_SIZE, ServeConfig, Shutdown, log_closed, log_io_error, log_open};
 use anyhow::Context;
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -47,21 +53,20 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 pub fn run(
     listener: std::net::TcpListener,
     cfg: &ServeConfig,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let pool = crate::serve::offload_pool(cfg)?.map(Arc::new);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.workers)
-        // --offload: fib goes to spawn_blocking, at most --workers threads of it.
-        .max_blocking_threads(cfg.workers)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let result = runtime.block_on(serve(listener, Arc::new(cfg.clone()), shutdown));
+    let result = runtime.block_on(serve(listener, Arc::new(cfg.clone()), pool, shutdown));
     // Tasks still busy after the grace period (a fib, a stuck write) are dropped.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
@@ -70,6 +75,7 @@ pub fn run(
 async fn serve(
     listener: std::net::TcpListener,
     cfg: Arc<ServeConfig>,
+    pool: Option<Arc<Pool>>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::from_std(listener).context("registering the listener")?;
@@ -86,7 +92,15 @@ async fn serve(
                 let Some(token) = gate.admit(&addr) else {
                     continue;
                 };
-                tokio::spawn(echo_handler(stream, addr, token, cfg.clone(), stop.clone()));
+                let lane = pool.as_deref().map(Pool::lane);
+                tokio::spawn(echo_handler(
+                    stream,
+                    addr,
+                    token,
+                    cfg.clone(),
+                    lane,
+                    stop.clone(),
+                ));
             }
             Err(e) => {
                 if let Some(pause) = after_accept_error(&e) {
@@ -112,11 +126,12 @@ async fn echo_handler(
     addr: SocketAddr,
     _token: ConnToken,
     cfg: Arc<ServeConfig>,
+    lane: Option<Lane>,
     mut stop: watch::Receiver<bool>,
 ) {
     log_open(&addr);
     let _ = stream.set_nodelay(true);
-    if let Err(e) = serve_conn(&mut stream, &cfg, &mut stop).await {
+    if let Err(e) = serve_conn(&mut stream, &cfg, lane, &mut stop).await {
         log_io_error(&addr, &e);
     }
     log_closed(&addr);
@@ -125,33 +140,51 @@ async fn echo_handler(
 async fn serve_conn(
     stream: &mut TcpStream,
     cfg: &ServeConfig,
+    lane: Option<Lane>,
     stop: &mut watch::Receiver<bool>,
 ) -> io::Result<()> {
     let mut session = cfg.service.session();
-    let mut out = Vec::new();
+    let mut out = Replies::new(lane);
     // Made once: waiting on it again does not re-register with the channel.
     let stopped = requested(stop);
     tokio::pin!(stopped);
     loop {
-        out.clear();
-        let mut replies = Offloaded::default();
-        let (n, flow) = tokio::select! {
-            r = within(cfg.idle_timeout, read_and_feed(stream, &mut session, &mut out, cfg.offload.then_some(&mut replies))) => r?,
+        let (n, mut flow) = tokio::select! {
+            r = within(cfg.idle_timeout, read_and_feed(stream, &mut session, &mut out)) => r?,
             _ = &mut stopped => return linger_close(stream).await,
         };
-        if n == 0 {
-            return within(cfg.idle_timeout, stream.write_all(&out)).await;
-        }
-        within(cfg.idle_timeout, stream.write_all(&out)).await?;
-        for reply in replies.0 {
-            let bytes = match reply {
-                Reply::Bytes(b) => b,
-                Reply::Job(handle) => handle.await.map_err(io::Error::other)?,
+        // Write what is owed, in request order. Each reply awaited makes room for
+        // another job, so a paused session resumes here; this ends with nothing
+        // owed and the session no longer paused.
+        loop {
+            if !out.ready.is_empty() {
+                within(cfg.idle_timeout, stream.write_all(&out.ready)).await?;
+                out.ready.clear();
+            }
+            let Some(pending) = out.queue.pop_front() else {
+                break;
+            };
+            let bytes = match pending {
+                Pending::Bytes(b) => b,
+                Pending::Job(reply) => {
+                    let reply = reply
+                        .await
+                        .map_err(|_| io::Error::other("the offload pool dropped a job"))?;
+                    out.jobs -= 1;
+                    if session.resume(&mut out) == Flow::Close {
+                        flow = Flow::Close;
+                    }
+                    reply
+                }
             };
             within(cfg.idle_timeout, stream.write_all(&bytes)).await?;
         }
-        if out.capacity() > KEEP_CAPACITY {
-            out = Vec::new();
+        debug_assert!(!session.is_paused());
+        if out.ready.capacity() > KEEP_CAPACITY {
+            out.ready = Vec::new();
+        }
+        if n == 0 {
+            return Ok(()); // the client closed its side and has every reply
         }
         if flow == Flow::Close {
             return linger_close(stream).await;
@@ -161,9 +194,8 @@ async fn serve_conn(
 
 /// Wait for input, read it into this worker thread's buffer and feed it to the
 /// session in the same poll, with no await in between: an idle task holds no read
-/// buffer. Requests go to `offloaded` if given (`--offload`), else to `out`; the end
-/// of stream is told to the session with `out`. Returns the bytes read (0: end of
-/// stream) and the session's flow.
+/// buffer. Returns the bytes read (0: end of stream, already told to the session)
+/// and the session's flow.
 ///
 /// This is tokio's documented `AsyncRead::poll_read`, which also treats a read
 /// shorter than the buffer as having drained the socket (TCP: nothing more was
@@ -172,8 +204,7 @@ async fn serve_conn(
 fn read_and_feed<'a>(
     stream: &'a mut TcpStream,
     session: &'a mut Session,
-    out: &'a mut Vec<u8>,
-    mut offloaded: Option<&'a mut Offloaded>,
+    out: &'a mut Replies,
 ) -> impl Future<Output = io::Result<(usize, Flow)>> + 'a {
     std::future::poll_fn(move |cx| {
         READ_BUF.with_borrow_mut(|buf| {
@@ -187,13 +218,11 @@ fn read_and_feed<'a>(
                 }
             }
             let data = read.filled();
-            Poll::Ready(Ok(match (data.len(), offloaded.as_deref_mut()) {
-                (0, _) => {
-                    session.eof(out);
-                    (0, Flow::Close)
-                }
-                (n, Some(replies)) => (n, session.feed(data, replies)),
-                (n, None) => (n, session.feed(data, out)),
+            Poll::Ready(Ok(if data.is_empty() {
+                session.eof(out);
+                (0, Flow::Close)
+            } else {
+                (data.len(), session.feed(data, out))
             }))
         })
     })
@@ -207,35 +236,61 @@ thread_local! {
 /// A reply buffer up to this capacity is kept for the next read's replies.
 const KEEP_CAPACITY: usize = 1024;
 
-/// One read's replies with `--offload`: bytes, and fib jobs already running on
-/// tokio's blocking pool, written in this order.
-#[derive(Default)]
-struct Offloaded(Vec<Reply>);
-
-enum Reply {
-    Bytes(Vec<u8>),
-    Job(tokio::task::JoinHandle<Vec<u8>>),
+/// A task's replies not yet written: `ready`, then `queue` (replies behind an
+/// offloaded job, with `--offload`).
+struct Replies {
+    ready: Vec<u8>,
+    queue: VecDeque<Pending>,
+    /// Offloaded jobs in `queue` (queued or running in the pool).
+    jobs: usize,
+    lane: Option<Lane>,
 }
 
-impl Sink for Offloaded {
+enum Pending {
+    Bytes(Vec<u8>),
+    Job(oneshot::Receiver<Vec<u8>>),
+}
+
+impl Replies {
+    fn new(lane: Option<Lane>) -> Replies {
+        Replies {
+            ready: Vec::new(),
+            queue: VecDeque::new(),
+            jobs: 0,
+            lane,
+        }
+    }
+}
+
+/// The sink: fib runs inline (the talk), or with `--offload` goes to the pool and
+/// holds its place; full at [`MAX_JOBS_PER_CONN`] jobs, which pauses the session.
+impl Sink for Replies {
     fn bytes(&mut self, data: &[u8]) {
-        match self.0.last_mut() {
-            Some(Reply::Bytes(b)) => b.extend_from_slice(data),
-            _ => self.0.push(Reply::Bytes(data.to_vec())),
+        if self.queue.is_empty() {
+            self.ready.extend_from_slice(data);
+            return;
+        }
+        match self.queue.back_mut() {
+            Some(Pending::Bytes(b)) => b.extend_from_slice(data),
+            _ => self.queue.push_back(Pending::Bytes(data.to_vec())),
         }
     }
     fn job(&mut self, job: Job) {
-        let compute = move || {
-            let mut reply = Vec::new();
-            job.run(&mut reply);
-            reply
-        };
-        if job.n <= INLINE_MAX_N {
-            self.bytes(&compute()); // cheaper than the hand-off
-        } else {
-            self.0
-                .push(Reply::Job(tokio::task::spawn_blocking(compute)));
+        match &self.lane {
+            Some(lane) if job.n > INLINE_MAX_N => {
+                self.queue.push_back(Pending::Job(lane.submit(job)));
+                self.jobs += 1;
+            }
+            _ if self.queue.is_empty() => job.run(&mut self.ready),
+            _ => {
+                let mut reply = Vec::new(); // cheaper than the hand-off
+                job.run(&mut reply);
+                self.bytes(&reply);
+            }
         }
+    }
+    fn full(&self) -> bool {
+        self.jobs >= MAX_JOBS_PER_CONN
     }
 }
 
