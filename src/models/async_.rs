@@ -22,45 +22,51 @@
 //! a long fib holds one worker thread, and every client whose task sits on that
 //! worker's queue waits (with `--workers 1`, every client waits). The talk's lesson.
 //!
-//! `--offload` sends fib to tokio's blocking pool (`spawn_blocking`, at most
-//! `--workers` threads): the task awaits the result, its worker thread serves other
-//! tasks meanwhile, and the replies to one read are written in request order.
+//! `--offload` sends fib to the same bounded, fair pool the other event loops use
+//! ([`crate::serve::offload`], `--workers` threads), not to tokio's `spawn_blocking`,
+//! whose queue has no limit and no notion of connections. Each task has its own
+//! lane in the pool and awaits each job's reply on a oneshot channel, its worker
+//! thread serving other tasks meanwhile; replies are written in request order. A
+//! task has at most [`MAX_JOBS_PER_CONN`] jobs queued or running: then its session
+//! pauses, the task stops reading, and each reply it writes makes room to parse the
+//! next held request. When the task ends (the client went), its queued jobs go.
 //!
 //! Cost: epoll underneath, one registration per client; memory per idle client is
-//! its task, its session and tokio's registration: no read buffer (the task waits
-//! for readiness, then reads into its worker thread's buffer), no reply buffer
+//! its task, its session and tokio's registration: no read buffer (the task's read
+//! borrows its worker thread's buffer only while it is polled), no reply buffer
 //! unless small: about 1.8 KB resident per idle connection (measured with 10,000
 //! held), most of it the task's future. Ceiling:
 //! tens of thousands of clients, bounded by the descriptor limit and `--max-conns`
 //! (10,000 by default, reached on the 2-core development machine).
 
-use crate::protocol::{Flow, Job, Sink};
+use crate::protocol::{Flow, Job, Session, Sink};
 use crate::serve::accept::{ConnToken, Gate, after_accept_error};
-use crate::serve::offload::INLINE_MAX_N;
+use crate::serve::offload::{INLINE_MAX_N, Lane, MAX_JOBS_PER_CONN, Pool};
 use crate::serve::{LINGER, READ_SIZE, ServeConfig, Shutdown, log_closed, log_io_error, log_open};
 use anyhow::Context;
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 pub fn run(
     listener: std::net::TcpListener,
     cfg: &ServeConfig,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let pool = crate::serve::offload_pool(cfg)?.map(Arc::new);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.workers)
-        // --offload: fib goes to spawn_blocking, at most --workers threads of it.
-        .max_blocking_threads(cfg.workers)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let result = runtime.block_on(serve(listener, Arc::new(cfg.clone()), shutdown));
+    let result = runtime.block_on(serve(listener, Arc::new(cfg.clone()), pool, shutdown));
     // Tasks still busy after the grace period (a fib, a stuck write) are dropped.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
@@ -69,6 +75,7 @@ pub fn run(
 async fn serve(
     listener: std::net::TcpListener,
     cfg: Arc<ServeConfig>,
+    pool: Option<Arc<Pool>>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::from_std(listener).context("registering the listener")?;
@@ -85,7 +92,15 @@ async fn serve(
                 let Some(token) = gate.admit(&addr) else {
                     continue;
                 };
-                tokio::spawn(echo_handler(stream, addr, token, cfg.clone(), stop.clone()));
+                let lane = pool.as_deref().map(Pool::lane);
+                tokio::spawn(echo_handler(
+                    stream,
+                    addr,
+                    token,
+                    cfg.clone(),
+                    lane,
+                    stop.clone(),
+                ));
             }
             Err(e) => {
                 if let Some(pause) = after_accept_error(&e) {
@@ -111,11 +126,12 @@ async fn echo_handler(
     addr: SocketAddr,
     _token: ConnToken,
     cfg: Arc<ServeConfig>,
+    lane: Option<Lane>,
     mut stop: watch::Receiver<bool>,
 ) {
     log_open(&addr);
     let _ = stream.set_nodelay(true);
-    if let Err(e) = serve_conn(&mut stream, &cfg, &mut stop).await {
+    if let Err(e) = serve_conn(&mut stream, &cfg, lane, &mut stop).await {
         log_io_error(&addr, &e);
     }
     log_closed(&addr);
@@ -124,55 +140,51 @@ async fn echo_handler(
 async fn serve_conn(
     stream: &mut TcpStream,
     cfg: &ServeConfig,
+    lane: Option<Lane>,
     stop: &mut watch::Receiver<bool>,
 ) -> io::Result<()> {
     let mut session = cfg.service.session();
-    let mut out = Vec::new();
+    let mut out = Replies::new(lane);
     // Made once: waiting on it again does not re-register with the channel.
     let stopped = requested(stop);
     tokio::pin!(stopped);
     loop {
-        tokio::select! {
-            r = within(cfg.idle_timeout, stream.readable()) => r?,
+        let (n, mut flow) = tokio::select! {
+            r = within(cfg.idle_timeout, read_and_feed(stream, &mut session, &mut out)) => r?,
             _ = &mut stopped => return linger_close(stream).await,
         };
-        // Read into the worker thread's buffer and feed the protocol at once, with
-        // no await in between: an idle task holds no read buffer.
-        out.clear();
-        let mut replies = Offloaded::default();
-        let read = READ_BUF.with_borrow_mut(|buf| match read_drained(stream, buf) {
-            Ok(0) => {
-                session.eof(&mut out);
-                Ok(Some((0, Flow::Close)))
+        // Write what is owed, in request order. Each reply awaited makes room for
+        // another job, so a paused session resumes here; this ends with nothing
+        // owed and the session no longer paused.
+        loop {
+            if !out.ready.is_empty() {
+                within(cfg.idle_timeout, stream.write_all(&out.ready)).await?;
+                out.ready.clear();
             }
-            Ok(n) if cfg.offload => Ok(Some((n, session.feed(&buf[..n], &mut replies)))),
-            Ok(n) => Ok(Some((n, session.feed(&buf[..n], &mut out)))),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        })?;
-        let Some((n, flow)) = read else {
-            continue; // readiness was stale
-        };
-        if n == 0 {
-            return within(cfg.idle_timeout, stream.write_all(&out)).await;
-        }
-        within(cfg.idle_timeout, stream.write_all(&out)).await?;
-        for reply in replies.0 {
-            let bytes = match reply {
-                Reply::Bytes(b) => b,
-                Reply::Job(handle) => handle.await.map_err(io::Error::other)?,
+            let Some(pending) = out.queue.pop_front() else {
+                break;
+            };
+            let bytes = match pending {
+                Pending::Bytes(b) => b,
+                Pending::Job(reply) => {
+                    let reply = reply
+                        .await
+                        .map_err(|_| io::Error::other("the offload pool dropped a job"))?;
+                    out.jobs -= 1;
+                    if session.resume(&mut out) == Flow::Close {
+                        flow = Flow::Close;
+                    }
+                    reply
+                }
             };
             within(cfg.idle_timeout, stream.write_all(&bytes)).await?;
         }
-        if out.capacity() > KEEP_CAPACITY {
-            out = Vec::new();
+        debug_assert!(!session.is_paused());
+        if out.ready.capacity() > KEEP_CAPACITY {
+            out.ready = Vec::new();
+        }
+        if n == 0 {
+            return Ok(()); // the client closed its side and has every reply
         }
         if flow == Flow::Close {
             return linger_close(stream).await;
@@ -180,31 +192,40 @@ async fn serve_conn(
     }
 }
 
-/// One read, like `try_read`, that also tells tokio the socket is drained when the
-/// read was shorter than the buffer (TCP: nothing more was queued), so the next
-/// wait goes straight to epoll instead of spending a read on EAGAIN, as the epoll
-/// model does. Nothing is lost: tokio keeps a FIN (READ_CLOSED) once seen, and
-/// clears readiness only if no new event came in since it looked.
-fn read_drained(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    let result = stream.try_io(tokio::io::Interest::READABLE, || {
-        // SAFETY: recv(2) into a buffer we own, of its length.
-        let n = unsafe { libc::recv(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        got = n as usize;
-        if got > 0 && got < buf.len() {
-            Err(io::ErrorKind::WouldBlock.into()) // drained: clear the readiness
-        } else {
-            Ok(())
-        }
-    });
-    match result {
-        Ok(()) => Ok(got),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
-        Err(e) => Err(e),
-    }
+/// Wait for input, read it into this worker thread's buffer and feed it to the
+/// session in the same poll, with no await in between: an idle task holds no read
+/// buffer. Returns the bytes read (0: end of stream, already told to the session)
+/// and the session's flow.
+///
+/// This is tokio's documented `AsyncRead::poll_read`, which also treats a read
+/// shorter than the buffer as having drained the socket (TCP: nothing more was
+/// queued) and clears the readiness, so the next wait goes straight to epoll instead
+/// of spending a read on EAGAIN, as the epoll model does (tokio-rs/tokio#5866).
+fn read_and_feed<'a>(
+    stream: &'a mut TcpStream,
+    session: &'a mut Session,
+    out: &'a mut Replies,
+) -> impl Future<Output = io::Result<(usize, Flow)>> + 'a {
+    std::future::poll_fn(move |cx| {
+        READ_BUF.with_borrow_mut(|buf| {
+            let mut read = ReadBuf::new(buf);
+            loop {
+                match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => break,
+                }
+            }
+            let data = read.filled();
+            Poll::Ready(Ok(if data.is_empty() {
+                session.eof(out);
+                (0, Flow::Close)
+            } else {
+                (data.len(), session.feed(data, out))
+            }))
+        })
+    })
 }
 
 thread_local! {
@@ -215,35 +236,61 @@ thread_local! {
 /// A reply buffer up to this capacity is kept for the next read's replies.
 const KEEP_CAPACITY: usize = 1024;
 
-/// One read's replies with `--offload`: bytes, and fib jobs already running on
-/// tokio's blocking pool, written in this order.
-#[derive(Default)]
-struct Offloaded(Vec<Reply>);
-
-enum Reply {
-    Bytes(Vec<u8>),
-    Job(tokio::task::JoinHandle<Vec<u8>>),
+/// A task's replies not yet written: `ready`, then `queue` (replies behind an
+/// offloaded job, with `--offload`).
+struct Replies {
+    ready: Vec<u8>,
+    queue: VecDeque<Pending>,
+    /// Offloaded jobs in `queue` (queued or running in the pool).
+    jobs: usize,
+    lane: Option<Lane>,
 }
 
-impl Sink for Offloaded {
+enum Pending {
+    Bytes(Vec<u8>),
+    Job(oneshot::Receiver<Vec<u8>>),
+}
+
+impl Replies {
+    fn new(lane: Option<Lane>) -> Replies {
+        Replies {
+            ready: Vec::new(),
+            queue: VecDeque::new(),
+            jobs: 0,
+            lane,
+        }
+    }
+}
+
+/// The sink: fib runs inline (the talk), or with `--offload` goes to the pool and
+/// holds its place; full at [`MAX_JOBS_PER_CONN`] jobs, which pauses the session.
+impl Sink for Replies {
     fn bytes(&mut self, data: &[u8]) {
-        match self.0.last_mut() {
-            Some(Reply::Bytes(b)) => b.extend_from_slice(data),
-            _ => self.0.push(Reply::Bytes(data.to_vec())),
+        if self.queue.is_empty() {
+            self.ready.extend_from_slice(data);
+            return;
+        }
+        match self.queue.back_mut() {
+            Some(Pending::Bytes(b)) => b.extend_from_slice(data),
+            _ => self.queue.push_back(Pending::Bytes(data.to_vec())),
         }
     }
     fn job(&mut self, job: Job) {
-        let compute = move || {
-            let mut reply = Vec::new();
-            job.run(&mut reply);
-            reply
-        };
-        if job.n <= INLINE_MAX_N {
-            self.bytes(&compute()); // cheaper than the hand-off
-        } else {
-            self.0
-                .push(Reply::Job(tokio::task::spawn_blocking(compute)));
+        match &self.lane {
+            Some(lane) if job.n > INLINE_MAX_N => {
+                self.queue.push_back(Pending::Job(lane.submit(job)));
+                self.jobs += 1;
+            }
+            _ if self.queue.is_empty() => job.run(&mut self.ready),
+            _ => {
+                let mut reply = Vec::new(); // cheaper than the hand-off
+                job.run(&mut reply);
+                self.bytes(&reply);
+            }
         }
+    }
+    fn full(&self) -> bool {
+        self.jobs >= MAX_JOBS_PER_CONN
     }
 }
 

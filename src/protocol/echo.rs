@@ -23,15 +23,21 @@ impl Echo {
         Echo { prefix }
     }
 
-    /// Answer one read: `prefix + input`. Echo never asks to close.
-    pub fn feed(&mut self, input: &[u8], sink: &mut impl Sink) -> Flow {
-        if !input.is_empty() {
-            if !self.prefix.is_empty() {
-                sink.bytes(&self.prefix);
-            }
-            sink.bytes(input);
+    /// Answer one read: `prefix + input`. Echo never asks to close, and echoes
+    /// nothing (pausing with all of `input` left) while the sink is full; the input
+    /// held meanwhile is echoed as one chunk, with one prefix, on resume.
+    pub fn parse(&mut self, input: &[u8], sink: &mut impl Sink) -> (usize, Flow) {
+        if input.is_empty() {
+            return (0, Flow::Continue);
         }
-        Flow::Continue
+        if sink.full() {
+            return (0, Flow::Paused);
+        }
+        if !self.prefix.is_empty() {
+            sink.bytes(&self.prefix);
+        }
+        sink.bytes(input);
+        (input.len(), Flow::Continue)
     }
 }
 
@@ -39,8 +45,8 @@ impl Echo {
 mod tests {
     use super::*;
     use crate::protocol::{
-        ServiceSpec,
-        testutil::{run_chunks, split},
+        Flow, ServiceSpec,
+        testutil::{Bounded, run_bounded, run_chunks, split},
     };
     use proptest::prelude::*;
 
@@ -96,6 +102,29 @@ mod tests {
             let spec = ServiceSpec::Echo { prefix: Vec::new() };
             let (out, _) = run_chunks(spec.session(), &split(&data, &cuts));
             prop_assert_eq!(out, data);
+        }
+
+        /// Echo makes no jobs, so a sink with room never pauses it; a sink with
+        /// room for none holds every read until it has room, then echoes them as one
+        /// chunk. Plain echo stays the identity either way.
+        #[test]
+        fn bounded_sinks_keep_plain_echo_the_identity(data in proptest::collection::vec(any::<u8>(), 0..512),
+                                                      cuts in proptest::collection::vec(any::<usize>(), 0..16)) {
+            let spec = ServiceSpec::Echo { prefix: Vec::new() };
+            let chunks = split(&data, &cuts);
+            let (out, closed, _) = run_bounded(spec.session(), &chunks, 1, &[]);
+            prop_assert!(!closed);
+            prop_assert_eq!(&out, &data);
+
+            let mut session = spec.session();
+            let mut full = Bounded::new(0);
+            for c in &chunks {
+                prop_assert_eq!(session.feed(c, &mut full), Flow::Paused);
+            }
+            prop_assert!(full.out.is_empty());
+            full.cap = 1;
+            prop_assert_eq!(session.resume(&mut full), Flow::Continue);
+            prop_assert_eq!(full.out, data);
         }
     }
 }

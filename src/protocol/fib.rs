@@ -16,6 +16,11 @@
 //!   `ERR request too long` and the connection closes, so memory per connection
 //!   stays bounded whatever a client sends;
 //! - an unterminated request at end of stream gets `ERR unterminated request at end of stream`.
+//!
+//! Before each request the parser asks the sink whether it is full (an offloading
+//! sink with its share of fib jobs in flight) and, if so, stops right there: the
+//! [`super::Session`] keeps the rest for later, so requests are never dropped and
+//! one connection never has more than a few jobs queued.
 
 use super::{Flow, Job, Sink};
 
@@ -47,15 +52,22 @@ impl Fib {
         }
     }
 
-    /// Feed the bytes one read returned; answers every complete request in it.
-    pub fn feed(&mut self, input: &[u8], sink: &mut impl Sink) -> Flow {
+    /// Parse `input`: answer every complete request in it and keep the unterminated
+    /// tail. Before each request it asks [`Sink::full`]; if the sink is full it stops
+    /// there and returns how far it got with [`Flow::Paused`] (the caller keeps the
+    /// rest and parses it again later: see [`super::Session`]). Otherwise it uses all
+    /// of `input`.
+    pub fn parse(&mut self, input: &[u8], sink: &mut impl Sink) -> (usize, Flow) {
         if self.closed {
-            return Flow::Close;
+            return (input.len(), Flow::Close);
         }
         let mut rest = input;
         while let Some(i) = rest.iter().position(|&b| b == b'\n' || b == b'?') {
+            if sink.full() {
+                return (input.len() - rest.len(), Flow::Paused);
+            }
             if self.partial.len() + i > MAX_REQUEST_LEN {
-                return self.too_long(sink);
+                return (input.len(), self.too_long(sink));
             }
             if self.partial.is_empty() {
                 self.request(&rest[..i], rest[i], sink);
@@ -69,10 +81,10 @@ impl Fib {
             rest = &rest[i + 1..];
         }
         if self.partial.len() + rest.len() > MAX_REQUEST_LEN {
-            return self.too_long(sink);
+            return (input.len(), self.too_long(sink));
         }
         self.partial.extend_from_slice(rest);
-        Flow::Continue
+        (input.len(), Flow::Continue)
     }
 
     /// The client closed its write side: an unterminated tail is reported, not lost silently.
@@ -138,7 +150,7 @@ mod tests {
     use super::*;
     use crate::protocol::{
         ServiceSpec,
-        testutil::{run_chunks, split},
+        testutil::{Bounded, run_bounded, run_chunks, split},
     };
     use proptest::prelude::*;
 
@@ -247,7 +259,7 @@ mod tests {
         }
         let mut rec = Record(Vec::new());
         let mut session = Fib::new(30);
-        session.feed(b"3\nx\n4?", &mut rec);
+        assert_eq!(session.parse(b"3\nx\n4?", &mut rec), (6, Flow::Continue));
         assert_eq!(rec.0, ["job 3", "ERR not a number: x\n", "job 4"]);
     }
 
@@ -271,6 +283,29 @@ mod tests {
             let whole = run_chunks(ServiceSpec::Fib { max_n: 30 }.session(), &[&data]);
             let chunked = run_chunks(ServiceSpec::Fib { max_n: 30 }.session(), &split(&data, &cuts));
             prop_assert_eq!(whole, chunked);
+        }
+
+        /// A sink of at most `cap` jobs: the session pauses before requests and
+        /// resumes as jobs finish, wherever the chunks and the pauses fall, and the
+        /// replies are those of the whole stream into a sink that is never full.
+        #[test]
+        fn pausing_anywhere_gives_the_same_replies(data in request_stream(),
+                                                   cuts in proptest::collection::vec(any::<usize>(), 0..24),
+                                                   cap in 1usize..5,
+                                                   plan in proptest::collection::vec(any::<u8>(), 0..24)) {
+            let spec = ServiceSpec::Fib { max_n: 30 };
+            let mut whole = Bounded::new(usize::MAX);
+            let mut session = spec.session();
+            let closed = session.feed(&data, &mut whole) == Flow::Close;
+            if !closed {
+                session.eof(&mut whole);
+            }
+            let chunks = split(&data, &cuts);
+            let (out, bounded_closed, most_held) = run_bounded(spec.session(), &chunks, cap, &plan);
+            prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&whole.out));
+            prop_assert_eq!(bounded_closed, closed);
+            let longest = chunks.iter().map(|c| c.len()).max().unwrap_or(0);
+            prop_assert!(most_held <= longest, "held {} > a read of {}", most_held, longest);
         }
     }
 }

@@ -12,6 +12,12 @@
 //! runs fib inline, which is the talk's point about event loops; with it the job
 //! goes to a worker pool ([`super::offload`]), its place in the reply order is
 //! held in a queue, and [`Conn::completed`] fills it when the worker answers.
+//! Offloaded jobs are bounded per connection: with
+//! [`offload::MAX_JOBS_PER_CONN`] of them queued or running the sink is full, the
+//! session pauses before the next request and keeps the unparsed bytes, and
+//! [`Conn::wants_read`] turns false. [`Conn::completed`] makes room and resumes the
+//! session itself, so a loop only has to look at the connection again after a
+//! completion (which it does anyway, to send the reply).
 //!
 //! Memory: an idle connection keeps no buffer. The loop reads into one buffer of
 //! its own, the unsent buffer is allocated only while replies wait and freed once
@@ -27,9 +33,6 @@ use std::time::{Duration, Instant};
 
 /// Unsent reply bytes past which a connection stops being read.
 pub const OUT_LIMIT: usize = 1024 * 1024;
-
-/// Offloaded jobs one connection may have running before it stops being read.
-pub const MAX_JOBS: usize = 64;
 
 /// A drained unsent buffer up to this capacity is kept for the next reply; a larger
 /// one is freed, so an idle connection holds at most this much.
@@ -123,6 +126,11 @@ impl Sink for Outbox {
             _ => self.queue.push_back(Pending::Bytes(data.to_vec())),
         }
     }
+    /// Full with [`offload::MAX_JOBS_PER_CONN`] jobs offloaded: the session stops
+    /// before the next request until one finishes.
+    fn full(&self) -> bool {
+        self.jobs >= offload::MAX_JOBS_PER_CONN
+    }
     fn job(&mut self, job: Job) {
         match &self.offload {
             Some(pool) if job.n > offload::INLINE_MAX_N => {
@@ -177,12 +185,13 @@ impl Conn {
         }
     }
 
-    /// Whether the loop should read from the socket now.
+    /// Whether the loop should read from the socket now: not while the session is
+    /// paused (offloaded jobs at the limit) or the unsent replies are at the bound.
     pub fn wants_read(&self) -> bool {
         match self.phase {
             Phase::Open => {
-                self.unsent().len() + self.out.queued + self.in_flight < OUT_LIMIT
-                    && self.out.jobs < MAX_JOBS
+                !self.session.is_paused()
+                    && self.unsent().len() + self.out.queued + self.in_flight < OUT_LIMIT
             }
             Phase::Linger(_) => true,
             Phase::Eof | Phase::Flush => false,
@@ -194,7 +203,8 @@ impl Conn {
         !self.unsent().is_empty()
     }
 
-    /// A read returned `data` (non-empty).
+    /// A read returned `data` (non-empty). If the session is paused (a read that was
+    /// already under way: io_uring), the bytes wait with the rest of its input.
     pub fn received(&mut self, data: &[u8]) {
         self.received_at(data, Instant::now());
     }
@@ -210,7 +220,8 @@ impl Conn {
         }
     }
 
-    /// A read returned end of stream: the client shut down its write side.
+    /// A read returned end of stream: the client shut down its write side. (If input
+    /// is held, its replies come first; the session reports the end after them.)
     pub fn received_eof(&mut self) {
         match self.phase {
             Phase::Open => {
@@ -222,8 +233,9 @@ impl Conn {
         }
     }
 
-    /// An offloaded job finished: its reply takes its place in the order, and every
-    /// reply now ready is moved to the unsent buffer. False if `id` is not ours.
+    /// An offloaded job finished: its reply takes its place in the order, every
+    /// reply now ready is moved to the unsent buffer, and a paused session resumes
+    /// on the held input (now that there is room for a job). False if `id` is not ours.
     pub fn completed(&mut self, id: u64, reply: Vec<u8>) -> bool {
         let Some(slot) = self
             .out
@@ -243,12 +255,27 @@ impl Conn {
             }
         }
         self.last_progress = Instant::now();
+        self.resume();
         true
     }
 
-    /// Whether replies are still owed (unsent, or waiting on an offloaded job).
+    /// Parse held input if the session paused and the sink has room now. Not once
+    /// stopping (Flush): input not yet parsed then is dropped, like unread input.
+    fn resume(&mut self) {
+        if !matches!(self.phase, Phase::Open | Phase::Eof) || self.out.full() {
+            return;
+        }
+        if self.session.resume(&mut self.out) == Flow::Close && self.phase == Phase::Open {
+            self.phase = Phase::Flush;
+        }
+    }
+
+    /// Whether replies are still owed (unsent, waiting on an offloaded job, or to
+    /// requests held unparsed while the session is paused).
     pub fn owes(&self) -> bool {
-        !self.unsent().is_empty() || !self.out.queue.is_empty()
+        !self.unsent().is_empty()
+            || !self.out.queue.is_empty()
+            || (matches!(self.phase, Phase::Open | Phase::Eof) && self.session.is_paused())
     }
 
     /// Replies waiting to be written.
@@ -613,6 +640,124 @@ mod tests {
             b"1\n75025\n1\nERR not a number: x\n75025\n2\n".as_slice()
         );
         assert!(!c.completed(12345, Vec::new()), "an unknown id is ignored");
+    }
+
+    /// Feed `c` the replies of finished jobs until nothing is owed but unsent bytes,
+    /// checking the bound after each one; returns how many were completed.
+    fn complete_all(c: &mut Conn, mailbox: &offload::Mailbox) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut completed = 0;
+        while !c.out.queue.is_empty() && Instant::now() < deadline {
+            crate::serve::shutdown::poll_readable(
+                &[mailbox.fd()],
+                Some(Duration::from_millis(100)),
+            );
+            for d in mailbox.take() {
+                assert!(c.completed(d.id, d.reply));
+                completed += 1;
+                assert!(c.out.jobs <= offload::MAX_JOBS_PER_CONN, "over the bound");
+            }
+        }
+        assert!(c.out.queue.is_empty(), "jobs never finished");
+        completed
+    }
+
+    fn offloading(pool: &offload::Pool, mailbox: &std::sync::Arc<offload::Mailbox>) -> Conn {
+        Conn::with_offload(
+            ServiceSpec::Fib { max_n: 30 }.session(),
+            None,
+            Some(pool.handle(mailbox, 1)),
+        )
+    }
+
+    #[test]
+    fn a_pipelined_flood_holds_a_few_jobs_and_resumes_on_completion() {
+        let pool = offload::Pool::new(1).unwrap();
+        let mailbox = offload::Mailbox::new().unwrap();
+        let mut c = offloading(&pool, &mailbox);
+        c.received(
+            &b"20
+"
+            .repeat(1000),
+        );
+        assert_eq!(c.out.jobs, offload::MAX_JOBS_PER_CONN);
+        assert!(!c.wants_read(), "paused: not reading");
+        assert_eq!(c.session.held(), 3 * (1000 - offload::MAX_JOBS_PER_CONN));
+        assert!(c.owes());
+        assert_eq!(complete_all(&mut c, &mailbox), 1000);
+        assert!(c.wants_read(), "everything parsed: reading again");
+        assert_eq!(
+            c.unsent(),
+            b"6765
+"
+            .repeat(1000)
+        );
+    }
+
+    #[test]
+    fn eof_while_paused_answers_every_held_request_first() {
+        let pool = offload::Pool::new(1).unwrap();
+        let mailbox = offload::Mailbox::new().unwrap();
+        let mut c = offloading(&pool, &mailbox);
+        c.received(
+            b"20
+20
+20
+20
+20
+20
+21",
+        );
+        c.received_eof();
+        assert_eq!(c.step(Instant::now()), Step::Wait);
+        complete_all(&mut c, &mailbox);
+        let mut want = b"6765
+"
+        .repeat(6);
+        want.extend_from_slice(
+            b"ERR unterminated request at end of stream
+",
+        );
+        assert_eq!(c.unsent(), want);
+        c.sent(want.len());
+        assert_eq!(c.step(Instant::now()), Step::Close);
+    }
+
+    #[test]
+    fn stopping_while_paused_answers_only_what_was_parsed() {
+        let pool = offload::Pool::new(1).unwrap();
+        let mailbox = offload::Mailbox::new().unwrap();
+        let mut c = offloading(&pool, &mailbox);
+        c.received(
+            &b"20
+"
+            .repeat(10),
+        );
+        c.stop();
+        complete_all(&mut c, &mailbox);
+        assert_eq!(
+            c.unsent(),
+            b"6765
+"
+            .repeat(offload::MAX_JOBS_PER_CONN)
+        );
+        c.sent(c.unsent().len());
+        assert_eq!(c.step(Instant::now()), Step::ShutdownWrite);
+    }
+
+    #[test]
+    fn a_closed_connection_leaves_nothing_queued() {
+        let pool = offload::Pool::new(1).unwrap();
+        let mailbox = offload::Mailbox::new().unwrap();
+        let mut c = offloading(&pool, &mailbox);
+        c.received(
+            &b"30
+"
+            .repeat(100),
+        );
+        assert!(pool.queued() >= offload::MAX_JOBS_PER_CONN - 1);
+        drop(c);
+        assert_eq!(pool.queued(), 0);
     }
 
     #[test]

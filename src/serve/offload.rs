@@ -3,14 +3,34 @@
 //! The talk's event loops compute fib inline, so one client's fib(40) stalls every
 //! other client. With `--offload` the pieces are:
 //!
-//! - [`Pool`]: `--workers` threads taking [`Job`]s from one queue;
+//! - [`Pool`]: `--workers` threads (`offload-N`) computing [`Job`]s;
+//! - [`Lane`]: one connection's place in the pool: its own queue of jobs. Dropping
+//!   it (the connection closed) drops the jobs still queued; a running one finishes
+//!   and its reply is thrown away;
 //! - [`Mailbox`]: one per event loop: finished jobs land here and an eventfd
 //!   becomes readable, which wakes the loop (mio registers it, select(2) and
-//!   io_uring poll it);
+//!   io_uring poll it). `async` needs no mailbox: each job's reply comes back
+//!   through a tokio oneshot channel the connection's task awaits ([`Lane::submit`]);
 //! - [`Handle`]: what a connection's sink ([`super::conn::Outbox`]) holds to submit
-//!   a job tagged with its loop key. The sink keeps the job's place in the reply
-//!   order; [`super::conn::Conn::completed`] fills it in, so replies on one
-//!   connection still come back in request order.
+//!   a job whose reply goes to its loop's mailbox, tagged with its loop key. The
+//!   sink keeps the job's place in the reply order; [`super::conn::Conn::completed`]
+//!   fills it in, so replies on one connection still come back in request order.
+//!
+//! Bounded: a connection has at most [`MAX_JOBS_PER_CONN`] jobs queued or running.
+//! Its sink then reports itself full, the protocol session stops parsing before the
+//! next request and keeps the rest of the input, and the loop stops reading from
+//! that client (the kernel's flow control pushes back on it); a finished job makes
+//! room and parsing resumes. So one pipelined read of thousands of `42\n` costs a
+//! few jobs, not thousands, and nothing keeps computing for a client that is gone.
+//!
+//! Fair: the pool does not serve one global FIFO, where a client's fib(20) would
+//! wait behind another client's backlog. A free worker takes the next job of the
+//! connection with the fewest jobs running, and among those the one that has waited
+//! longest (round robin). A client with nothing running is served by the next worker
+//! that frees up: it waits for the jobs already running, never for queued ones. And
+//! no one starves: a connection passed over has at least as many jobs running as
+//! the one served instead, so the workers are shared out evenly among connections
+//! with work (max-min fairness), and a connection's own jobs run in order.
 //!
 //! Jobs up to fib([`INLINE_MAX_N`]) stay inline: cheaper than the hand-off.
 //!
@@ -18,16 +38,29 @@
 //! has gone (and whose key may have been reused) is recognised and dropped.
 
 use crate::protocol::Job;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use tokio::sync::oneshot;
 
+/// Job ids and lane ids (one counter: both only need to be unique).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 /// fib(n) up to this n is computed inline even with `--offload`: it takes a few
 /// microseconds, less than handing it to another thread and back.
 pub const INLINE_MAX_N: u32 = 16;
+
+/// Jobs one connection may have queued or running at once. Enough to keep a
+/// pipelining client's share of the workers busy while its replies travel; few
+/// enough that its backlog is a handful of jobs. Past it the connection's input
+/// waits, unparsed.
+pub const MAX_JOBS_PER_CONN: usize = 4;
 
 /// A finished job: the connection's loop key, the job id, the reply bytes.
 #[derive(Debug)]
@@ -83,90 +116,307 @@ impl Mailbox {
     }
 }
 
+/// Where a finished job's reply goes.
+enum ReplyTo {
+    /// An event loop's mailbox, tagged with the connection's key and the job id.
+    Mailbox {
+        mailbox: Arc<Mailbox>,
+        key: usize,
+        id: u64,
+    },
+    /// An async task awaiting this one job.
+    Task(oneshot::Sender<Vec<u8>>),
+}
+
 struct Task {
     job: Job,
-    key: usize,
-    id: u64,
-    mailbox: Arc<Mailbox>,
+    reply_to: ReplyTo,
 }
 
-/// A fixed pool of threads computing jobs. Threads live as long as the process.
-#[derive(Debug, Clone)]
+impl Task {
+    /// Compute the job's reply (on the calling thread).
+    fn compute(&self) -> Vec<u8> {
+        let mut reply = Vec::new();
+        self.job.run(&mut reply);
+        reply
+    }
+
+    /// Hand the reply over (dropped if nobody waits any more).
+    fn deliver(self, reply: Vec<u8>) {
+        match self.reply_to {
+            ReplyTo::Mailbox { mailbox, key, id } => mailbox.post(Done { key, id, reply }),
+            ReplyTo::Task(tx) => drop(tx.send(reply)),
+        }
+    }
+}
+
+/// One connection's state in the scheduler.
+#[derive(Default)]
+struct LaneState {
+    queue: VecDeque<Task>,
+    running: usize,
+    /// The ticket of its one valid entry in [`Sched::ready`] while it has queued jobs.
+    ticket: u64,
+}
+
+/// Which job a free worker takes: the pool's whole state, without threads (so it is
+/// tested on its own). Lanes with queued jobs wait in `ready[r]`, `r` being how many
+/// of their jobs run now; a worker takes the front lane of the lowest non-empty
+/// `ready[r]`, runs its oldest job and puts it back at the end of `ready[r + 1]` if
+/// it has more. When one of its jobs finishes a lane moves down a rank. Moves leave
+/// a stale entry behind (its ticket no longer matches), skipped when reached: cheaper
+/// than searching the queue.
+#[derive(Default)]
+struct Sched {
+    lanes: HashMap<u64, LaneState>,
+    ready: Vec<VecDeque<(u64, u64)>>,
+    queued: usize,
+    next_ticket: u64,
+    /// The pool was dropped: workers leave once the queue is empty.
+    closed: bool,
+}
+
+impl Sched {
+    /// Put `lane` (which has queued jobs) at the end of the queue for its rank.
+    fn make_ready(&mut self, lane: u64) {
+        let Some(state) = self.lanes.get_mut(&lane) else {
+            return;
+        };
+        self.next_ticket += 1;
+        state.ticket = self.next_ticket;
+        if self.ready.len() <= state.running {
+            self.ready.resize_with(state.running + 1, VecDeque::new);
+        }
+        self.ready[state.running].push_back((lane, state.ticket));
+    }
+
+    fn submit(&mut self, lane: u64, task: Task) {
+        let state = self.lanes.entry(lane).or_default();
+        state.queue.push_back(task);
+        self.queued += 1;
+        if state.queue.len() == 1 {
+            self.make_ready(lane);
+        }
+    }
+
+    /// The next job to run, and its lane (now counted as running one more).
+    fn next(&mut self) -> Option<(u64, Task)> {
+        for rank in 0..self.ready.len() {
+            while let Some((lane, ticket)) = self.ready[rank].pop_front() {
+                let Some(state) = self.lanes.get_mut(&lane) else {
+                    continue; // the connection closed
+                };
+                if state.ticket != ticket {
+                    continue; // moved since
+                }
+                let Some(task) = state.queue.pop_front() else {
+                    continue;
+                };
+                state.running += 1;
+                self.queued -= 1;
+                if !state.queue.is_empty() {
+                    self.make_ready(lane);
+                }
+                return Some((lane, task));
+            }
+        }
+        None
+    }
+
+    /// A job of `lane` finished; whether the lane is still there (its connection
+    /// open) to take the reply.
+    fn finished(&mut self, lane: u64) -> bool {
+        let Some(state) = self.lanes.get_mut(&lane) else {
+            return false;
+        };
+        state.running = state.running.saturating_sub(1);
+        if !state.queue.is_empty() {
+            self.make_ready(lane); // one rank down
+        } else if state.running == 0 {
+            self.lanes.remove(&lane); // idle: re-created by its next submit
+        }
+        true
+    }
+
+    /// The connection closed: forget its lane and drop its queued jobs.
+    fn close(&mut self, lane: u64) -> VecDeque<Task> {
+        let queue = self
+            .lanes
+            .remove(&lane)
+            .map(|s| s.queue)
+            .unwrap_or_default();
+        self.queued -= queue.len();
+        queue
+    }
+}
+
+struct Shared {
+    sched: Mutex<Sched>,
+    work: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Sched> {
+        self.sched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn worker(&self) {
+        let mut sched = self.lock();
+        loop {
+            if let Some((lane, task)) = sched.next() {
+                drop(sched);
+                let reply = task.compute();
+                sched = self.lock();
+                if sched.finished(lane) {
+                    drop(sched);
+                    task.deliver(reply);
+                    sched = self.lock();
+                }
+            } else if sched.closed {
+                return;
+            } else {
+                sched = self.work.wait(sched).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+}
+
+/// A fixed pool of threads computing jobs, fairly across connections. Dropping it
+/// lets the threads finish what is queued and exit.
 pub struct Pool {
-    tx: mpsc::Sender<Task>,
+    shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for Task {
+impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Task({}, {:?})", self.id, self.job)
+        f.write_str("Pool")
     }
 }
 
 impl Pool {
-    /// Start `threads` workers.
+    /// Start `threads` workers (at least one), named `offload-N`.
     pub fn new(threads: usize) -> io::Result<Pool> {
-        let (tx, rx) = mpsc::channel::<Task>();
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..threads.max(1) {
-            let rx = rx.clone();
+        Pool::start(threads.max(1))
+    }
+
+    fn start(threads: usize) -> io::Result<Pool> {
+        let shared = Arc::new(Shared {
+            sched: Mutex::new(Sched::default()),
+            work: Condvar::new(),
+        });
+        let pool = Pool {
+            shared: shared.clone(),
+        };
+        for i in 0..threads {
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("offload-{i}"))
                 .stack_size(256 * 1024)
-                .spawn(move || {
-                    loop {
-                        let task = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        let Ok(task) = task else { return };
-                        let mut reply = Vec::new();
-                        task.job.run(&mut reply);
-                        task.mailbox.post(Done {
-                            key: task.key,
-                            id: task.id,
-                            reply,
-                        });
-                    }
-                })?;
+                .spawn(move || shared.worker())?; // on error `pool` drops: started ones exit
         }
-        Ok(Pool { tx })
+        Ok(pool)
     }
 
-    /// A connection's way to submit jobs whose replies go to `mailbox`, tagged `key`.
+    /// A new connection's lane (async: replies come back through [`Lane::submit`]).
+    pub fn lane(&self) -> Lane {
+        Lane {
+            shared: self.shared.clone(),
+            id: next_id(),
+        }
+    }
+
+    /// A new event-loop connection's submitter: replies go to `mailbox`, tagged `key`.
     pub fn handle(&self, mailbox: &Arc<Mailbox>, key: usize) -> Handle {
         Handle {
-            tx: self.tx.clone(),
+            lane: self.lane(),
             mailbox: mailbox.clone(),
             key,
         }
     }
 }
 
-/// One connection's submitter.
+#[cfg(test)]
+impl Pool {
+    /// Jobs queued, not yet running.
+    pub(crate) fn queued(&self) -> usize {
+        self.shared.lock().queued
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.work.notify_all();
+    }
+}
+
+/// One connection's queue in the pool. Dropping it drops the jobs still queued.
+pub struct Lane {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lane({})", self.id)
+    }
+}
+
+impl Lane {
+    /// Queue `job`; its reply comes through the returned channel. (The caller keeps
+    /// to [`MAX_JOBS_PER_CONN`]; the pool does not count for it.)
+    pub fn submit(&self, job: Job) -> oneshot::Receiver<Vec<u8>> {
+        let (tx, rx) = oneshot::channel();
+        self.queue(Task {
+            job,
+            reply_to: ReplyTo::Task(tx),
+        });
+        rx
+    }
+
+    /// Queue a task; if the pool is gone it runs here instead, its reply delivered
+    /// the same way.
+    fn queue(&self, task: Task) {
+        let mut sched = self.shared.lock();
+        if sched.closed {
+            drop(sched);
+            let reply = task.compute();
+            task.deliver(reply);
+            return;
+        }
+        sched.submit(self.id, task);
+        drop(sched);
+        self.shared.work.notify_one();
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        let dropped = self.shared.lock().close(self.id);
+        drop(dropped); // outside the lock: may wake async tasks (their channels close)
+    }
+}
+
+/// One event-loop connection's submitter: its lane, and where replies go.
 #[derive(Debug)]
 pub struct Handle {
-    tx: mpsc::Sender<Task>,
+    lane: Lane,
     mailbox: Arc<Mailbox>,
     key: usize,
 }
 
 impl Handle {
-    /// Queue `job`; returns its id. If the pool is gone the job runs here instead,
-    /// its reply posted the same way.
+    /// Queue `job`; returns its id, which its [`Done`] will carry.
     pub fn submit(&self, job: Job) -> u64 {
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let task = Task {
+        let id = next_id();
+        self.lane.queue(Task {
             job,
-            key: self.key,
-            id,
-            mailbox: self.mailbox.clone(),
-        };
-        if let Err(mpsc::SendError(task)) = self.tx.send(task) {
-            let mut reply = Vec::new();
-            task.job.run(&mut reply);
-            task.mailbox.post(Done {
-                key: task.key,
+            reply_to: ReplyTo::Mailbox {
+                mailbox: self.mailbox.clone(),
+                key: self.key,
                 id,
-                reply,
-            });
-        }
+            },
+        });
         id
     }
 }
@@ -174,6 +424,21 @@ impl Handle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Wait (bounded) until `want` replies are in the mailbox.
+    fn collect(mailbox: &Mailbox, want: usize) -> Vec<Done> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while got.len() < want && Instant::now() < deadline {
+            crate::serve::shutdown::poll_readable(
+                &[mailbox.fd()],
+                Some(deadline.saturating_duration_since(Instant::now())),
+            );
+            got.extend(mailbox.take());
+        }
+        got
+    }
 
     #[test]
     fn replies_arrive_in_the_mailbox_with_their_ids() {
@@ -182,15 +447,7 @@ mod tests {
         let h = pool.handle(&mailbox, 7);
         let a = h.submit(Job { n: 10 });
         let b = h.submit(Job { n: 1 });
-        let mut got = Vec::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while got.len() < 2 && std::time::Instant::now() < deadline {
-            crate::serve::shutdown::poll_readable(
-                &[mailbox.fd()],
-                Some(deadline - std::time::Instant::now()),
-            );
-            got.extend(mailbox.take());
-        }
+        let mut got = collect(&mailbox, 2);
         got.sort_by_key(|d| d.id);
         assert_eq!(got.len(), 2);
         assert_eq!(
@@ -198,5 +455,112 @@ mod tests {
             (7, a, &b"55\n"[..])
         );
         assert_eq!((got[1].id, &got[1].reply[..]), (b, &b"1\n"[..]));
+    }
+
+    #[test]
+    fn a_lane_gets_its_replies_through_channels() {
+        let pool = Pool::new(1).unwrap();
+        let lane = pool.lane();
+        let rx = lane.submit(Job { n: 20 });
+        assert_eq!(rx.blocking_recv().unwrap(), b"6765\n");
+    }
+
+    /// A task whose job is `n`, replying into `mailbox` tagged with lane `key` and id.
+    fn task(mailbox: &Arc<Mailbox>, key: usize, id: u64) -> Task {
+        Task {
+            job: Job { n: 1 },
+            reply_to: ReplyTo::Mailbox {
+                mailbox: mailbox.clone(),
+                key,
+                id,
+            },
+        }
+    }
+
+    fn key_of(t: &Task) -> (usize, u64) {
+        match t.reply_to {
+            ReplyTo::Mailbox { key, id, .. } => (key, id),
+            ReplyTo::Task(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_connection_with_nothing_running_goes_first() {
+        let m = Mailbox::new().unwrap();
+        let mut s = Sched::default();
+        for id in 1..=4 {
+            s.submit(1, task(&m, 1, id)); // the flood
+        }
+        // Two workers take two of its jobs.
+        assert_eq!(key_of(&s.next().unwrap().1), (1, 1));
+        assert_eq!(key_of(&s.next().unwrap().1), (1, 2));
+        s.submit(2, task(&m, 2, 10)); // another client, nothing running
+        assert!(s.finished(1));
+        // The first worker that frees up takes the newcomer's job, not the flood's.
+        assert_eq!(key_of(&s.next().unwrap().1), (2, 10));
+        assert_eq!(key_of(&s.next().unwrap().1), (1, 3));
+    }
+
+    #[test]
+    fn connections_take_turns() {
+        let m = Mailbox::new().unwrap();
+        let mut s = Sched::default();
+        for id in 0..3 {
+            s.submit(1, task(&m, 1, id));
+            s.submit(2, task(&m, 2, 10 + id));
+            s.submit(3, task(&m, 3, 20 + id));
+        }
+        // One worker: run a job, finish it, take the next.
+        let mut order = Vec::new();
+        while let Some((lane, t)) = s.next() {
+            order.push(key_of(&t).0);
+            assert!(s.finished(lane));
+        }
+        assert_eq!(order, [1, 2, 3, 1, 2, 3, 1, 2, 3]);
+        assert_eq!(s.queued, 0);
+        assert!(s.lanes.is_empty(), "idle lanes are forgotten");
+    }
+
+    #[test]
+    fn closing_drops_the_queued_jobs_only() {
+        let m = Mailbox::new().unwrap();
+        let mut s = Sched::default();
+        for id in 0..4 {
+            s.submit(1, task(&m, 1, id));
+        }
+        s.submit(2, task(&m, 2, 10));
+        let (lane, running) = s.next().unwrap();
+        assert_eq!((lane, key_of(&running)), (1, (1, 0)));
+        assert_eq!(s.close(1).len(), 3);
+        assert!(
+            !s.finished(1),
+            "its running job's reply has nobody to go to"
+        );
+        assert_eq!(key_of(&s.next().unwrap().1), (2, 10));
+        assert!(s.next().is_none());
+        assert_eq!(s.queued, 0);
+    }
+
+    #[test]
+    fn dropping_a_lane_drops_its_queue_in_the_pool() {
+        let pool = Pool::start(0).unwrap(); // no workers: every job stays queued
+        let (a, b) = (pool.lane(), pool.lane());
+        let dropped: Vec<_> = (0..3).map(|_| a.submit(Job { n: 20 })).collect();
+        let kept = b.submit(Job { n: 20 });
+        assert_eq!(pool.shared.lock().queued, 4);
+        drop(a);
+        assert_eq!(pool.shared.lock().queued, 1);
+        for rx in dropped {
+            assert!(
+                rx.blocking_recv().is_err(),
+                "a dropped job's channel closes"
+            );
+        }
+        // Once the pool is gone a job runs on the thread that submits it. (Here the
+        // job still queued has no worker to run it; dropping its lane drops it.)
+        drop(pool);
+        assert_eq!(b.submit(Job { n: 10 }).blocking_recv().unwrap(), b"55\n");
+        drop(b);
+        assert!(kept.blocking_recv().is_err());
     }
 }
