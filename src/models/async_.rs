@@ -42,7 +42,7 @@
 use crate::protocol::{Flow, Job, Session, Sink};
 use crate::serve::accept::{ConnToken, Gate, after_accept_error};
 use crate::serve::offload::{INLINE_MAX_N, Lane, MAX_JOBS_PER_CONN, Pool};
-use crate::serve::{LINGER, READ_SIZE, ServeConfig, Shutdown, log_closed, log_io_error, log_open};
+use crate::serve::{LINGER, READ_SIZE, Ready, ServeConfig, Shutdown, log_closed, log_io_error, log_open};
 use anyhow::Context;
 use std::collections::VecDeque;
 use std::io;
@@ -59,6 +59,7 @@ pub fn run(
     listener: std::net::TcpListener,
     cfg: &ServeConfig,
     shutdown: Shutdown,
+    ready: Ready<'_>,
 ) -> anyhow::Result<()> {
     let pool = crate::serve::offload_pool(cfg)?.map(Arc::new);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -66,7 +67,7 @@ pub fn run(
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let result = runtime.block_on(serve(listener, Arc::new(cfg.clone()), pool, shutdown));
+    let result = runtime.block_on(serve(listener, Arc::new(cfg.clone()), pool, shutdown, ready));
     // Tasks still busy after the grace period (a fib, a stuck write) are dropped.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
@@ -77,10 +78,12 @@ async fn serve(
     cfg: Arc<ServeConfig>,
     pool: Option<Arc<Pool>>,
     shutdown: Shutdown,
+    ready: Ready<'_>,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::from_std(listener).context("registering the listener")?;
     let stop = watch_shutdown(&shutdown)?;
     let gate = Gate::new(cfg.max_conns);
+    ready.announce()?;
     let mut stopped = stop.clone();
     loop {
         let accepted = tokio::select! {

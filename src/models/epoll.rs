@@ -36,7 +36,7 @@ use crate::serve::accept::{ConnToken, Gate};
 use crate::serve::conn::{Conn, Hints, READ_SIZE, Step};
 use crate::serve::lifecycle::{Lifecycle, apply};
 use crate::serve::offload::Pool;
-use crate::serve::{ServeConfig, Shutdown, log_closed, log_io_error, log_open};
+use crate::serve::{Ready, ServeConfig, Shutdown, log_closed, log_io_error, log_open};
 use anyhow::Context;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
@@ -60,18 +60,28 @@ struct Client {
     _token: ConnToken,
 }
 
-pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    listener: TcpListener,
+    cfg: &ServeConfig,
+    shutdown: Shutdown,
+    ready: Ready<'_>,
+) -> anyhow::Result<()> {
     let pool = crate::serve::offload_pool(cfg)?;
-    serve_loop(listener, cfg, &shutdown, &Gate::new(cfg.max_conns), pool)
+    let gate = Gate::new(cfg.max_conns);
+    serve_loop(listener, cfg, &shutdown, &gate, pool.as_ref(), || {
+        ready.announce()
+    })
 }
 
 /// The loop itself, on the calling thread; `reuseport` runs one per worker.
+/// `ready` is called once the loop is set up, before it serves.
 pub fn serve_loop(
     listener: TcpListener,
     cfg: &ServeConfig,
     shutdown: &Shutdown,
     gate: &Gate,
-    pool: Option<Pool>,
+    pool: Option<&Pool>,
+    ready: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let mut life = Lifecycle::new(cfg, gate.clone(), pool)?;
     let mut poll = Poll::new().context("creating the epoll instance")?;
@@ -105,6 +115,7 @@ pub fn serve_loop(
     let mut again: Vec<usize> = Vec::new(); // clients with work left from the last turn
     let mut touched: Vec<usize> = Vec::new(); // clients to drive this turn
     let mut listener_ready = false; // edge-triggered: clients may be waiting
+    ready()?;
     loop {
         let now = Instant::now();
         let timeout = if !again.is_empty() || (listener_ready && life.accepting(now)) {

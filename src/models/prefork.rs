@@ -33,7 +33,7 @@
 //! silent client holds its process until `--idle-timeout`.
 
 use crate::serve::accept::{Acceptor, Gate, Next, shared_slots};
-use crate::serve::{ServeConfig, Shutdown, blocking_conn, shutdown};
+use crate::serve::{Ready, ServeConfig, Shutdown, blocking_conn, shutdown};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -54,7 +54,12 @@ struct Worker {
     respawn_at: Instant,
 }
 
-pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    listener: TcpListener,
+    cfg: &ServeConfig,
+    shutdown: Shutdown,
+    ready: Ready<'_>,
+) -> anyhow::Result<()> {
     let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
     if threads != 1 {
         bail!("the prefork model must fork from a single-threaded server ({threads} threads)");
@@ -68,6 +73,7 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
             respawn_at: now,
         })
         .collect();
+    let mut announced = false;
     loop {
         let now = Instant::now();
         for (i, w) in workers.iter_mut().enumerate() {
@@ -76,6 +82,18 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
                 w.started = now;
                 w.respawn_at = now + RESPAWN_DELAY; // if fork failed: try again later
             }
+        }
+        // The pool is complete once: only then does the server say it serves.
+        if !announced {
+            if let Some(missing) = workers.iter().position(|w| w.pid.is_none()) {
+                for pid in workers.iter_mut().filter_map(|w| w.pid.take()) {
+                    let _ = kill(pid, Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                }
+                bail!("cannot fork worker {missing}: {}", std::io::Error::last_os_error());
+            }
+            ready.announce()?;
+            announced = true;
         }
         if shutdown.wait(Some(TICK)) {
             break;

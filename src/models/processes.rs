@@ -28,7 +28,7 @@
 //! finish, then SIGKILL.
 
 use crate::serve::accept::{Acceptor, ConnToken, Next};
-use crate::serve::{ServeConfig, Shutdown, blocking_conn, shutdown};
+use crate::serve::{Ready, ServeConfig, Shutdown, blocking_conn, shutdown};
 use anyhow::bail;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -41,13 +41,19 @@ use std::time::{Duration, Instant};
 /// How often the accept loop wakes to reap children when no client arrives.
 const TICK: Duration = Duration::from_millis(100);
 
-pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    listener: TcpListener,
+    cfg: &ServeConfig,
+    shutdown: Shutdown,
+    ready: Ready<'_>,
+) -> anyhow::Result<()> {
     let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
     if threads != 1 {
         bail!("the processes model must fork from a single-threaded server ({threads} threads)");
     }
     let mut children: HashMap<Pid, ConnToken> = HashMap::new();
     let mut acceptor = Acceptor::new(&listener, &shutdown, cfg.max_conns, Some(TICK));
+    ready.announce()?;
     loop {
         match acceptor.wait() {
             // SAFETY: the process is single-threaded (checked above), so the child

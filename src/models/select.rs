@@ -31,7 +31,7 @@
 use crate::serve::accept::{ConnToken, Gate};
 use crate::serve::conn::{Conn, READ_SIZE, Step};
 use crate::serve::lifecycle::{Lifecycle, apply};
-use crate::serve::{ServeConfig, Shutdown, log_closed, log_io_error, log_open};
+use crate::serve::{Ready, ServeConfig, Shutdown, log_closed, log_io_error, log_open};
 use nix::sys::select::{FD_SETSIZE, FdSet, select};
 use nix::sys::time::TimeVal;
 use slab::Slab;
@@ -46,11 +46,17 @@ struct Client {
     _token: ConnToken,
 }
 
-pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    listener: TcpListener,
+    cfg: &ServeConfig,
+    shutdown: Shutdown,
+    ready: Ready<'_>,
+) -> anyhow::Result<()> {
     let pool = crate::serve::offload_pool(cfg)?;
-    let mut life = Lifecycle::new(cfg, Gate::new(cfg.max_conns), pool)?;
+    let mut life = Lifecycle::new(cfg, Gate::new(cfg.max_conns), pool.as_ref())?;
     let mut clients: Slab<Client> = Slab::new();
     let mut buf = vec![0u8; READ_SIZE];
+    ready.announce()?;
     loop {
         // Build the sets and wait.
         let now = Instant::now();

@@ -46,7 +46,7 @@
 use crate::serve::accept::ConnToken;
 use crate::serve::conn::{Conn, READ_SIZE, Step};
 use crate::serve::lifecycle::{Lifecycle, SWEEP};
-use crate::serve::{ServeConfig, Shutdown, log_closed, log_io_error, log_open};
+use crate::serve::{Ready, ServeConfig, Shutdown, log_closed, log_io_error, log_open};
 use anyhow::Context;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use slab::Slab;
@@ -260,7 +260,12 @@ fn ud(key: usize, op: u64) -> u64 {
     ((key as u64) << 3) | op
 }
 
-pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    listener: TcpListener,
+    cfg: &ServeConfig,
+    shutdown: Shutdown,
+    ready: Ready<'_>,
+) -> anyhow::Result<()> {
     let ring = IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
@@ -279,7 +284,11 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
         .set_nonblocking(false)
         .context("making the listener blocking")?;
     let pool = crate::serve::offload_pool(cfg)?;
-    let mut life = Lifecycle::new(cfg, crate::serve::accept::Gate::new(cfg.max_conns), pool)?;
+    let mut life = Lifecycle::new(
+        cfg,
+        crate::serve::accept::Gate::new(cfg.max_conns),
+        pool.as_ref(),
+    )?;
     let buffers = vec![0u8; BUFFERS as usize * READ_SIZE].into_boxed_slice();
     let base = Box::leak(buffers).as_mut_ptr(); // the kernel may hold it to the very end
     let tick = types::Timespec::from(SWEEP);
@@ -320,6 +329,7 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
     let mut clients: Slab<Client> = Slab::new();
     let mut done: Vec<Completion> = Vec::with_capacity(ENTRIES as usize);
     let mut touched: Vec<usize> = Vec::new();
+    ready.announce()?;
     loop {
         // Completions reaped early (see Ring::submit) are handled without waiting.
         let want = if ring.backlog.is_empty() { 1 } else { 0 };

@@ -40,12 +40,12 @@ pub const SWEEP: Duration = Duration::from_millis(100);
 
 /// One event loop's state outside its clients.
 #[derive(Debug)]
-pub struct Lifecycle {
+pub struct Lifecycle<'a> {
     gate: Gate,
     service: ServiceSpec,
     idle_timeout: Option<Duration>,
     grace: Duration,
-    offload: Option<(Pool, Arc<Mailbox>)>,
+    offload: Option<(&'a Pool, Arc<Mailbox>)>,
     /// accept(2) ran out of a resource: leave the listener alone until then.
     paused_until: Option<Instant>,
     /// Shutdown was asked for; the grace period ends then.
@@ -53,10 +53,14 @@ pub struct Lifecycle {
     next_sweep: Instant,
 }
 
-impl Lifecycle {
+impl<'a> Lifecycle<'a> {
     /// A loop admitting through `gate` (shared by `reuseport`'s loops) and handing
     /// fib to `pool` if given (`--offload`).
-    pub fn new(cfg: &ServeConfig, gate: Gate, pool: Option<Pool>) -> anyhow::Result<Lifecycle> {
+    pub fn new(
+        cfg: &ServeConfig,
+        gate: Gate,
+        pool: Option<&'a Pool>,
+    ) -> anyhow::Result<Lifecycle<'a>> {
         let offload = match pool {
             Some(pool) => Some((
                 pool,
@@ -225,9 +229,8 @@ mod tests {
     use super::*;
     use crate::serve::accept::BACKOFF;
 
-    fn life() -> Lifecycle {
+    fn life() -> Lifecycle<'static> {
         let cfg = ServeConfig {
-            model: crate::serve::Model::Epoll,
             service: ServiceSpec::Fib { max_n: 30 },
             workers: 1,
             max_conns: 2,
