@@ -29,18 +29,29 @@ use crate::protocol::{Flow, Session};
 use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
 use std::io::{self, Read};
-use std::net::{Shutdown as Direction, TcpStream};
+use std::net::{Shutdown as Direction, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Instant;
 
 /// Serve one client to the end, logging its arrival and departure. Never fails:
 /// resets and broken pipes are routine (logged at debug).
 pub fn serve_client(client: Client, cfg: &ServeConfig, shutdown: &Shutdown) {
-    log_open(&client.addr);
-    if let Err(e) = serve_stream(&client.stream, cfg.service.session(), cfg, shutdown) {
-        log_io_error(&client.addr, &e);
+    serve_connection(&client.stream, &client.addr, cfg, shutdown);
+}
+
+/// [`serve_client`] for a caller that keeps the client's `--max-conns` token
+/// elsewhere (`processes`: the parent holds it while a child serves).
+pub fn serve_connection(
+    stream: &TcpStream,
+    addr: &SocketAddr,
+    cfg: &ServeConfig,
+    shutdown: &Shutdown,
+) {
+    log_open(addr);
+    if let Err(e) = serve_stream(stream, cfg.service.session(), cfg, shutdown) {
+        log_io_error(addr, &e);
     }
-    log_closed(&client.addr);
+    log_closed(addr);
 }
 
 /// The connection loop proper.

@@ -27,6 +27,7 @@ pub mod conn;
 pub mod listener;
 pub mod offload;
 pub mod shutdown;
+pub mod supervise;
 
 pub use shutdown::Shutdown;
 
