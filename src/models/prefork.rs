@@ -24,9 +24,10 @@
 //! is killed mid-client does not leak its place.
 //!
 //! Forking, reaping and stopping are [`crate::serve::supervise`]'s, shared with
-//! `processes`: the server must be single-threaded to fork, and on SIGTERM/SIGINT
-//! the workers see the same pipe, finish their client and exit; the parent waits
-//! out the grace period, kills stragglers and reaps them.
+//! `processes`: the server must be single-threaded to fork, workers die with a
+//! killed server, and on SIGTERM/SIGINT they see the same pipe, finish their
+//! client and exit; the parent waits out the grace period, kills stragglers and
+//! reaps them.
 //!
 //! Cost: `--workers` processes (page tables, copy-on-write pages) whatever the load.
 //! Ceiling: `--workers` clients at once; the rest wait in the listen backlog, and a

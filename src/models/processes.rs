@@ -16,8 +16,9 @@
 //!   reaped and logged, and its place under `--max-conns` freed.
 //!
 //! Forking, reaping and stopping are [`crate::serve::supervise`]'s, shared with
-//! `prefork`: the server must be single-threaded to fork, and on shutdown the
-//! children get the grace period to finish, then SIGKILL.
+//! `prefork`: the server must be single-threaded to fork, children die with a
+//! killed server, and on shutdown they get the grace period to finish, then
+//! SIGKILL.
 //!
 //! Cost: a process per client: fork, page tables, copy-on-write faults, and an
 //! exit and reap per connection. Ceiling: measured on the 2-core development

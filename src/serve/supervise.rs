@@ -8,6 +8,13 @@
 //!   thread held (the allocator's, a logger's) stays held forever in the child.
 //!   [`Supervisor::new`] therefore refuses to start unless the server is
 //!   single-threaded.
+//! - **Children die with their parent.** A child asks the kernel for SIGKILL when its
+//!   parent dies (`PR_SET_PDEATHSIG`), so `kill -9` of the server leaves no worker
+//!   holding the port or a client. The parent may die between fork() and that
+//!   request, and then the child would never be told: it checks that its parent is
+//!   still the process that forked it, and exits at once if not. (The signal follows
+//!   the *thread* that forked; both models fork from the main thread, which lives as
+//!   long as the server.)
 //! - **Signals.** A child ignores SIGINT (Ctrl-C reaches the whole terminal group,
 //!   and the parent tells the child through the shared shutdown pipe) and dies of
 //!   SIGTERM, so a signal aimed at a child never shuts the parent down
@@ -22,14 +29,15 @@
 //!   period, then SIGKILLs the rest and reaps them all.
 //!
 //! fork() in a multi-threaded test harness is exactly what [`Supervisor::new`]
-//! refuses, so this module is tested through the real server: `tests/serve.rs`
-//! (reaping, replacing dead workers, the grace period).
+//! refuses, so this module is tested through the real server: `tests/fork.rs`
+//! (children die with a SIGKILLed server) and `tests/serve.rs` (reaping, replacing
+//! dead workers, the grace period).
 
 use super::shutdown;
 use anyhow::bail;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::unistd::{ForkResult, Pid, fork, getpid, getppid};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -44,6 +52,7 @@ const PANICKED: i32 = 101;
 #[derive(Debug)]
 pub struct Supervisor<T> {
     children: HashMap<Pid, (T, Instant)>,
+    me: Pid,
 }
 
 /// A child [`Supervisor::reap`] collected.
@@ -64,6 +73,7 @@ impl<T> Supervisor<T> {
         }
         Ok(Supervisor {
             children: HashMap::new(),
+            me: getpid(),
         })
     }
 
@@ -75,6 +85,7 @@ impl<T> Supervisor<T> {
         // gets a consistent copy of every lock and allocator.
         match unsafe { fork() }? {
             ForkResult::Child => {
+                die_with(self.me);
                 shutdown::child_signals();
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
                 // SAFETY: _exit ends the child without running the parent's destructors.
@@ -131,5 +142,18 @@ impl<T> Supervisor<T> {
         for pid in std::mem::take(&mut self.children).into_keys() {
             let _ = waitpid(pid, None);
         }
+    }
+}
+
+/// In a fresh child of `parent`: have the kernel SIGKILL this process when the
+/// parent dies; if the parent has already died (the child was re-parented before it
+/// could ask), exit at once.
+fn die_with(parent: Pid) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory;
+    // it fails only for an invalid signal.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    if getppid() != parent {
+        // SAFETY: _exit ends the child without running the parent's destructors.
+        unsafe { libc::_exit(1) }
     }
 }
