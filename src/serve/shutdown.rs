@@ -14,10 +14,11 @@
 //! above can watch it. It is created once per process.
 
 use anyhow::{Context, Result};
+use nix::errno::Errno;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The process's shutdown pipe, once SIGINT and SIGTERM are routed to it.
 static INSTALLED: Mutex<Option<Shutdown>> = Mutex::new(None);
@@ -102,15 +103,21 @@ pub fn child_signals() {
 }
 
 /// poll(2) the descriptors for readability (or hang-up) for up to `timeout`;
-/// returns which are ready. EINTR counts as "nothing ready yet".
+/// returns which are ready. See [`poll`].
 pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Vec<bool> {
     let with_events: Vec<_> = fds.iter().map(|fd| (*fd, libc::POLLIN)).collect();
     poll(&with_events, timeout)
 }
 
-/// poll(2) each descriptor for its events (POLLIN, POLLOUT) for up to `timeout`
-/// (`None`: forever); returns which are ready (errors and hang-ups count as ready,
-/// so the next read or write reports them). EINTR counts as "nothing ready yet".
+/// poll(2) each descriptor for its events (POLLIN, POLLOUT) until one is ready or
+/// `timeout` (`None`: forever) has passed; returns which are ready (errors and
+/// hang-ups count as ready, so the next read or write reports them).
+///
+/// A signal handled meanwhile does not end the wait: poll(2) returns EINTR then,
+/// whatever SA_RESTART says, and a caller that took "nothing ready" for "time is
+/// up" would close a connection as idle because of an unrelated signal. The wait
+/// goes on for the time left instead (a shutdown signal makes the pipe readable,
+/// so the next round sees it at once).
 pub fn poll(fds: &[(BorrowedFd<'_>, libc::c_short)], timeout: Option<Duration>) -> Vec<bool> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
@@ -120,16 +127,24 @@ pub fn poll(fds: &[(BorrowedFd<'_>, libc::c_short)], timeout: Option<Duration>) 
             revents: 0,
         })
         .collect();
-    let ms = match timeout {
-        None => -1,
-        Some(t) => t.as_millis().min(i32::MAX as u128) as i32,
-    };
-    // SAFETY: pfds is a valid array of pollfd of the given length.
-    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-    if n <= 0 {
-        return vec![false; fds.len()];
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                left.as_millis().min(i32::MAX as u128) as i32
+            }
+        };
+        // SAFETY: pfds is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        if n > 0 {
+            return pfds.iter().map(|p| p.revents != 0).collect();
+        }
+        if n == 0 || Errno::last() != Errno::EINTR {
+            return vec![false; fds.len()];
+        }
     }
-    pfds.iter().map(|p| p.revents != 0).collect()
 }
 
 #[cfg(test)]
