@@ -300,13 +300,82 @@ mod tests {
         assert!(proc_stat(u32::MAX - 1).is_none());
     }
 
+    /// This thread's CPU time (CLOCK_THREAD_CPUTIME_ID), a clock independent of
+    /// getrusage.
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec into the pointer we give it.
+        assert_eq!(
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) },
+            0
+        );
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    /// Work this thread does shows in the process's CPU time: it grows, and by no
+    /// less than this thread's own clock says it burnt (give or take getrusage's
+    /// truncation to whole microseconds, once for user and once for system time).
     #[test]
-    fn cpu_time_grows_with_work() {
+    fn cpu_time_counts_this_process_work() {
         let before = cpu_self_and_children();
+        let start = thread_cpu();
+        // Burn until this thread has run a millisecond, however fast the machine;
+        // the count only guards against a clock that never moves.
         let mut x = 0u64;
-        for i in 0..20_000_000u64 {
-            x = std::hint::black_box(x.wrapping_add(i));
+        for round in 0.. {
+            assert!(round < 1_000_000, "the thread CPU clock does not move");
+            for i in 0..10_000u64 {
+                x = std::hint::black_box(x.wrapping_add(i));
+            }
+            if thread_cpu() >= start + Duration::from_millis(1) {
+                break;
+            }
         }
-        assert!(cpu_self_and_children().total() >= before.total(), "{x}");
+        let burnt = thread_cpu() - start;
+        let grew = cpu_self_and_children()
+            .total()
+            .saturating_sub(before.total());
+        assert!(grew > Duration::ZERO, "process CPU did not grow ({x})");
+        assert!(
+            grew + Duration::from_micros(2) >= burnt,
+            "process CPU grew {grew:?}, less than this thread burnt ({burnt:?})"
+        );
+    }
+
+    /// A child's CPU time joins ours once it is reaped, by no less than the child
+    /// itself used (as wait4 reports it).
+    #[test]
+    fn cpu_time_counts_reaped_children() {
+        let own_before = rusage(libc::RUSAGE_SELF);
+        let before = rusage(libc::RUSAGE_CHILDREN);
+        // Reaped below with wait4, which also reports what the child used.
+        let pid = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done"])
+            .spawn()
+            .expect("spawn sh")
+            .id() as libc::pid_t;
+        let mut status = 0;
+        let mut used = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: wait4 on our own child, writing a full rusage into `used`.
+        let (reaped, used) = unsafe {
+            let reaped = libc::wait4(pid, &mut status, 0, used.as_mut_ptr());
+            (reaped, used.assume_init())
+        };
+        assert_eq!(reaped, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+        let child_cpu = tv(used.ru_utime) + tv(used.ru_stime);
+        assert!(child_cpu > Duration::ZERO, "the child burnt no CPU");
+        // Other tests' children may be reaped meanwhile: they only add.
+        let grew = rusage(libc::RUSAGE_CHILDREN).since(&before).total();
+        assert!(
+            grew >= child_cpu,
+            "children's CPU grew {grew:?}, child used {child_cpu:?}"
+        );
+        let total = cpu_self_and_children().total();
+        assert!(total >= own_before.total() + before.total() + child_cpu);
     }
 }

@@ -59,6 +59,7 @@ fn serve_denied(args: &[&str], deny: &'static [libc::c_long], errno: i32) -> Out
 fn assert_refused_before_listening(what: &str, out: &Output) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{what}: {}", stderr.trim_end());
     assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{what}: {stderr}");
     assert!(
@@ -76,7 +77,14 @@ fn no_listening_line_when_threads_or_workers_cannot_start() {
     for args in [
         &["--model", "threadpool", "--service", "echo"][..],
         &["--model", "prefork", "--service", "echo"],
-        &["--model", "reuseport", "--service", "echo", "--workers", "2"],
+        &[
+            "--model",
+            "reuseport",
+            "--service",
+            "echo",
+            "--workers",
+            "2",
+        ],
         &["--model", "async", "--service", "echo"],
         &["--model", "epoll", "--service", "fib", "--offload"],
         &["--model", "select", "--service", "fib", "--offload"],

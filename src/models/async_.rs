@@ -42,7 +42,9 @@
 use crate::protocol::{Flow, Job, Session, Sink};
 use crate::serve::accept::{ConnToken, Gate, after_accept_error};
 use crate::serve::offload::{INLINE_MAX_N, Lane, MAX_JOBS_PER_CONN, Pool};
-use crate::serve::{LINGER, READ_SIZE, Ready, ServeConfig, Shutdown, log_closed, log_io_error, log_open};
+use crate::serve::{
+    LINGER, READ_SIZE, Ready, ServeConfig, Shutdown, log_closed, log_io_error, log_open,
+};
 use anyhow::Context;
 use std::collections::VecDeque;
 use std::io;
@@ -62,15 +64,41 @@ pub fn run(
     ready: Ready<'_>,
 ) -> anyhow::Result<()> {
     let pool = crate::serve::offload_pool(cfg)?.map(Arc::new);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.workers)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let result = runtime.block_on(serve(listener, Arc::new(cfg.clone()), pool, shutdown, ready));
+    let runtime = runtime(cfg.workers).context("starting the tokio runtime")?;
+    let result = runtime.block_on(serve(
+        listener,
+        Arc::new(cfg.clone()),
+        pool,
+        shutdown,
+        ready,
+    ));
     // Tasks still busy after the grace period (a fib, a stuck write) are dropped.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
+}
+
+/// tokio's multi-threaded runtime with `workers` threads. tokio panics, rather than
+/// returning an error, when the OS refuses it a worker thread (a process limit,
+/// say); that panic is caught here, quietly, and becomes the error it should be.
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {})); // still single-threaded: nobody else panics
+    let built = std::panic::catch_unwind(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    });
+    std::panic::set_hook(hook);
+    match built {
+        Ok(runtime) => Ok(runtime?),
+        Err(panic) => {
+            let why = (panic.downcast_ref::<String>().map(String::as_str))
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("it panicked");
+            Err(anyhow::anyhow!("{why}"))
+        }
+    }
 }
 
 async fn serve(

@@ -11,32 +11,28 @@
 //! - the parent closes its copy of the client socket at once (otherwise the client
 //!   would never see the connection close, and the parent would run out of
 //!   descriptors);
-//! - the parent reaps its children with waitpid(WNOHANG) on every turn of its accept
-//!   loop (every 100 ms at least), so no zombies pile up; a child that crashes or
-//!   is killed is just reaped and logged.
+//! - the parent reaps its children on every turn of its accept loop (every 100 ms
+//!   at least), so no zombies pile up; a child that crashes or is killed is just
+//!   reaped and logged, and its place under `--max-conns` freed.
 //!
-//! fork() copies only the calling thread, so forking a multi-threaded process can
-//! leave a lock held forever in the child. This model therefore refuses to start
-//! unless the server is single-threaded (no runtime, no helper threads).
+//! Forking, reaping and stopping are [`crate::serve::supervise`]'s, shared with
+//! `prefork`: the server must be single-threaded to fork, children die with a
+//! killed server, and on shutdown they get the grace period to finish, then
+//! SIGKILL.
 //!
 //! Cost: a process per client: fork, page tables, copy-on-write faults, and an
 //! exit and reap per connection. Ceiling: measured on the 2-core development
 //! machine, 8000 idle clients in 8000 children still answered, though accepting
 //! them took seconds (a fork each); the limits are `ulimit -u`,
 //! `/proc/sys/kernel/pid_max` and memory. When fork fails, that client is closed
-//! and logged. On shutdown, children get the grace period to
-//! finish, then SIGKILL.
+//! and logged.
 
-use crate::serve::accept::{Acceptor, ConnToken, Next};
-use crate::serve::{Ready, ServeConfig, Shutdown, blocking_conn, shutdown};
-use anyhow::bail;
-use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
-use std::collections::HashMap;
+use crate::serve::accept::{Acceptor, Client, Next};
+use crate::serve::supervise::Supervisor;
+use crate::serve::{Ready, ServeConfig, Shutdown, blocking_conn};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often the accept loop wakes to reap children when no client arrives.
 const TICK: Duration = Duration::from_millis(100);
@@ -47,71 +43,34 @@ pub fn run(
     shutdown: Shutdown,
     ready: Ready<'_>,
 ) -> anyhow::Result<()> {
-    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
-    if threads != 1 {
-        bail!("the processes model must fork from a single-threaded server ({threads} threads)");
-    }
-    let mut children: HashMap<Pid, ConnToken> = HashMap::new();
+    // Each child holds its client's place under --max-conns (the token) until reaped.
+    let mut children = Supervisor::new("processes")?;
     let mut acceptor = Acceptor::new(&listener, &shutdown, cfg.max_conns, Some(TICK));
+    let shared = &shutdown;
+    let listening = listener.as_raw_fd();
     ready.announce()?;
     loop {
         match acceptor.wait() {
-            // SAFETY: the process is single-threaded (checked above), so the child
-            // gets a consistent copy of every lock and allocator.
-            Next::Client(client) => match unsafe { fork() } {
-                Ok(ForkResult::Child) => {
-                    shutdown::child_signals();
-                    let _ = nix::unistd::close(listener.as_raw_fd());
-                    // A panic must end this child, never unwind into the parent's loop.
-                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        blocking_conn::serve_client(client, cfg, &shutdown)
-                    }));
-                    // SAFETY: _exit ends the child without running the parent's destructors.
-                    unsafe { libc::_exit(if served.is_ok() { 0 } else { 101 }) }
+            Next::Client(Client {
+                stream,
+                addr,
+                token,
+            }) => {
+                // In the parent the closure is dropped unrun: that closes the
+                // parent's copy of the socket; the token stays until the reap.
+                let child = children.spawn(token, move || {
+                    let _ = nix::unistd::close(listening); // the child only serves
+                    blocking_conn::serve_connection(&stream, &addr, cfg, shared);
+                });
+                if let Err(e) = child {
+                    tracing::warn!("refused {addr}: cannot fork: {e}");
                 }
-                Ok(ForkResult::Parent { child }) => {
-                    children.insert(child, client.token);
-                    drop(client.stream); // the parent's copy: close it
-                }
-                Err(e) => tracing::warn!("refused {}: cannot fork: {e}", client.addr),
-            },
+            }
             Next::Tick => {}
             Next::Shutdown => break,
         }
-        reap(&mut children);
+        children.reap(drop);
     }
-    // The children saw the shutdown pipe too: they send what they owe and exit.
-    let deadline = Instant::now() + cfg.grace;
-    while !children.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-        reap(&mut children);
-    }
-    for pid in children.keys() {
-        tracing::warn!("child {pid} still busy after the grace period: killing it");
-        let _ = kill(*pid, Signal::SIGKILL);
-    }
-    for pid in std::mem::take(&mut children).into_keys() {
-        let _ = waitpid(pid, None);
-    }
+    children.finish(cfg.grace);
     Ok(())
-}
-
-/// Collect every child that has exited, without blocking.
-fn reap(children: &mut HashMap<Pid, ConnToken>) {
-    while !children.is_empty() {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => {
-                if code != 0 {
-                    tracing::warn!("child {pid} exited with status {code}");
-                }
-                children.remove(&pid);
-            }
-            Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                tracing::warn!("child {pid} was killed by {sig}");
-                children.remove(&pid);
-            }
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
 }

@@ -28,6 +28,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod offload;
 pub mod shutdown;
+pub mod supervise;
 
 pub use shutdown::Shutdown;
 

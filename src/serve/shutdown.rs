@@ -3,71 +3,65 @@
 //! The signal handler writes one byte into a pipe and nothing ever reads it, so from
 //! then on the pipe's read end is readable forever: every waiter sees it, whether it
 //! blocks in poll(2) beside a socket (blocking, threads, processes), puts it in its
-//! select(2) set (select) or registers it with an event loop (async). A forked child
-//! shares the pipe, so one signal to the parent reaches every child too.
+//! select(2) set (select), registers it with an event loop (epoll, async) or has
+//! io_uring poll it (uring). A forked child shares the pipe, so one signal to the
+//! parent reaches every child too.
 //!
-//! A handler may only do async-signal-safe things; `write(2)` to a non-blocking pipe
-//! is one. The pipe is created once per process.
+//! The handler is signal-hook's (`low_level::pipe`), the Rust ecosystem's standard
+//! for this: it does only async-signal-safe things (one non-blocking `write(2)`),
+//! keeps the interrupted code's errno, and chains with other handlers of the same
+//! signal instead of replacing them. The pipe stays ours, so every kind of waiter
+//! above can watch it. It is created once per process.
 
 use anyhow::{Context, Result};
+use nix::errno::Errno;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-static WRITE_FD: AtomicI32 = AtomicI32::new(-1);
-static READ_END: OnceLock<Arc<OwnedFd>> = OnceLock::new();
-
-extern "C" fn on_signal(_: libc::c_int) {
-    let fd = WRITE_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        // SAFETY: write(2) is async-signal-safe; the buffer is a valid static byte.
-        // errno is saved and restored so the interrupted code never sees ours.
-        unsafe {
-            let errno = *libc::__errno_location();
-            libc::write(fd, b"x".as_ptr().cast(), 1);
-            *libc::__errno_location() = errno;
-        }
-    }
-}
+/// The process's shutdown pipe, once SIGINT and SIGTERM are routed to it.
+static INSTALLED: Mutex<Option<Shutdown>> = Mutex::new(None);
 
 /// A handle on "has shutdown been requested?"; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Shutdown {
     read: Arc<OwnedFd>,
+    write: Arc<OwnedFd>,
 }
 
 impl Shutdown {
     /// Create the pipe (once) and route SIGINT and SIGTERM to it.
     pub fn install() -> Result<Shutdown> {
-        let read = match READ_END.get() {
-            Some(r) => r.clone(),
-            None => {
-                let (r, w) = nix::unistd::pipe2(
-                    nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK,
-                )
-                .context("creating the shutdown pipe")?;
-                WRITE_FD.store(std::os::fd::IntoRawFd::into_raw_fd(w), Ordering::Relaxed);
-                READ_END.get_or_init(|| Arc::new(r)).clone()
-            }
-        };
-        let action = SigAction::new(
-            SigHandler::Handler(on_signal),
-            SaFlags::SA_RESTART,
-            SigSet::empty(),
-        );
-        for sig in [Signal::SIGINT, Signal::SIGTERM] {
-            // SAFETY: the handler only calls write(2), which is async-signal-safe.
-            unsafe { sigaction(sig, &action) }
-                .with_context(|| format!("installing {sig} handler"))?;
+        let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(shutdown) = &*installed {
+            return Ok(shutdown.clone());
         }
-        Ok(Shutdown { read })
+        let shutdown = Shutdown::unhooked()?;
+        for sig in [Signal::SIGINT, Signal::SIGTERM] {
+            let write = shutdown.write.try_clone().context("duplicating the pipe")?;
+            signal_hook::low_level::pipe::register_raw(sig as libc::c_int, write)
+                .with_context(|| format!("routing {sig} to the pipe"))?;
+        }
+        *installed = Some(shutdown.clone());
+        Ok(shutdown)
+    }
+
+    /// A shutdown pipe no signal writes to, only [`Shutdown::trigger`].
+    pub fn unhooked() -> Result<Shutdown> {
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .context("creating the shutdown pipe")?;
+        Ok(Shutdown {
+            read: Arc::new(read),
+            write: Arc::new(write),
+        })
     }
 
     /// Request shutdown as a signal would (for tests and internal use).
     pub fn trigger(&self) {
-        on_signal(0);
+        // A full pipe is readable already: nothing to do if this write fails.
+        let _ = nix::unistd::write(&*self.write, b"x");
     }
 
     /// Whether shutdown has been requested (never blocks).
@@ -109,15 +103,21 @@ pub fn child_signals() {
 }
 
 /// poll(2) the descriptors for readability (or hang-up) for up to `timeout`;
-/// returns which are ready. EINTR counts as "nothing ready yet".
+/// returns which are ready. See [`poll`].
 pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Vec<bool> {
     let with_events: Vec<_> = fds.iter().map(|fd| (*fd, libc::POLLIN)).collect();
     poll(&with_events, timeout)
 }
 
-/// poll(2) each descriptor for its events (POLLIN, POLLOUT) for up to `timeout`
-/// (`None`: forever); returns which are ready (errors and hang-ups count as ready,
-/// so the next read or write reports them). EINTR counts as "nothing ready yet".
+/// poll(2) each descriptor for its events (POLLIN, POLLOUT) until one is ready or
+/// `timeout` (`None`: forever) has passed; returns which are ready (errors and
+/// hang-ups count as ready, so the next read or write reports them).
+///
+/// A signal handled meanwhile does not end the wait: poll(2) returns EINTR then,
+/// whatever SA_RESTART says, and a caller that took "nothing ready" for "time is
+/// up" would close a connection as idle because of an unrelated signal. The wait
+/// goes on for the time left instead (a shutdown signal makes the pipe readable,
+/// so the next round sees it at once).
 pub fn poll(fds: &[(BorrowedFd<'_>, libc::c_short)], timeout: Option<Duration>) -> Vec<bool> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
@@ -127,14 +127,45 @@ pub fn poll(fds: &[(BorrowedFd<'_>, libc::c_short)], timeout: Option<Duration>) 
             revents: 0,
         })
         .collect();
-    let ms = match timeout {
-        None => -1,
-        Some(t) => t.as_millis().min(i32::MAX as u128) as i32,
-    };
-    // SAFETY: pfds is a valid array of pollfd of the given length.
-    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-    if n <= 0 {
-        return vec![false; fds.len()];
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                left.as_millis().min(i32::MAX as u128) as i32
+            }
+        };
+        // SAFETY: pfds is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        if n > 0 {
+            return pfds.iter().map(|p| p.revents != 0).collect();
+        }
+        if n == 0 || Errno::last() != Errno::EINTR {
+            return vec![false; fds.len()];
+        }
     }
-    pfds.iter().map(|p| p.revents != 0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A trigger latches: every clone sees it, for good, and another pipe does not.
+    /// (SIGINT and SIGTERM themselves are tested on the real server, tests/serve.rs.)
+    #[test]
+    fn trigger_latches_for_every_clone_only() {
+        let a = Shutdown::unhooked().unwrap();
+        let other = Shutdown::unhooked().unwrap();
+        let seen_by = a.clone();
+        assert!(!a.requested());
+        a.trigger();
+        assert!(seen_by.requested());
+        assert!(
+            seen_by.wait(None),
+            "wait(None) returns at once once requested"
+        );
+        assert!(a.requested(), "nothing consumes the byte");
+        assert!(!other.requested());
+    }
 }

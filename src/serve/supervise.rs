@@ -1,0 +1,159 @@
+//! The fork supervisor behind `processes` (a child per client) and `prefork` (a
+//! fixed set of workers): forking, reaping, and stopping children, in one place.
+//!
+//! The two models differ only in *when* they fork and what a child runs; the rest
+//! is the same and easy to get subtly wrong, so it lives here:
+//!
+//! - **Forking safely.** fork() copies only the calling thread, so a lock another
+//!   thread held (the allocator's, a logger's) stays held forever in the child.
+//!   [`Supervisor::new`] therefore refuses to start unless the server is
+//!   single-threaded.
+//! - **Children die with their parent.** A child asks the kernel for SIGKILL when its
+//!   parent dies (`PR_SET_PDEATHSIG`), so `kill -9` of the server leaves no worker
+//!   holding the port or a client. The parent may die between fork() and that
+//!   request, and then the child would never be told: it checks that its parent is
+//!   still the process that forked it, and exits at once if not. (The signal follows
+//!   the *thread* that forked; both models fork from the main thread, which lives as
+//!   long as the server.)
+//! - **Signals.** A child ignores SIGINT (Ctrl-C reaches the whole terminal group,
+//!   and the parent tells the child through the shared shutdown pipe) and dies of
+//!   SIGTERM, so a signal aimed at a child never shuts the parent down
+//!   ([`shutdown::child_signals`]).
+//! - **A panic ends the child**, never unwinds into a copy of the parent's loop; the
+//!   child leaves with `_exit`, so it runs none of the parent's destructors.
+//! - **Reaping.** [`Supervisor::reap`] collects every child that has exited without
+//!   blocking, so no zombies pile up, logs the ones that failed or were killed, and
+//!   hands each back to the model (to free its `--max-conns` place, or replace it).
+//! - **Stopping.** On SIGTERM/SIGINT the children see the shutdown pipe too, finish
+//!   what they owe and exit; [`Supervisor::finish`] waits for them up to the grace
+//!   period, then SIGKILLs the rest and reaps them all.
+//!
+//! fork() in a multi-threaded test harness is exactly what [`Supervisor::new`]
+//! refuses, so this module is tested through the real server: `tests/fork.rs`
+//! (children die with a SIGKILLed server) and `tests/serve.rs` (reaping, replacing
+//! dead workers, the grace period).
+
+use super::shutdown;
+use anyhow::bail;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork, getpid, getppid};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How often [`Supervisor::finish`] looks for children that have exited.
+const FINISH_TICK: Duration = Duration::from_millis(10);
+
+/// Exit status of a child whose work panicked.
+const PANICKED: i32 = 101;
+
+/// Forked children, each with the model's tag (a `--max-conns` token, a worker
+/// index) and the time it started.
+#[derive(Debug)]
+pub struct Supervisor<T> {
+    children: HashMap<Pid, (T, Instant)>,
+    me: Pid,
+}
+
+/// A child [`Supervisor::reap`] collected.
+#[derive(Debug)]
+pub struct Exited<T> {
+    pub pid: Pid,
+    pub tag: T,
+    /// How long it ran.
+    pub lived: Duration,
+}
+
+impl<T> Supervisor<T> {
+    /// A supervisor for `model`; refuses unless this process is single-threaded.
+    pub fn new(model: &str) -> anyhow::Result<Self> {
+        let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
+        if threads != 1 {
+            bail!("the {model} model must fork from a single-threaded server ({threads} threads)");
+        }
+        Ok(Supervisor {
+            children: HashMap::new(),
+            me: getpid(),
+        })
+    }
+
+    /// Fork a child that runs `work` and exits (status 0, or 101 if `work`
+    /// panicked). In the parent, `work` is dropped unrun: whatever it owns (the
+    /// parent's copy of a client socket) is closed.
+    pub fn spawn(&mut self, tag: T, work: impl FnOnce()) -> nix::Result<Pid> {
+        // SAFETY: the process is single-threaded (checked in `new`), so the child
+        // gets a consistent copy of every lock and allocator.
+        match unsafe { fork() }? {
+            ForkResult::Child => {
+                die_with(self.me);
+                shutdown::child_signals();
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+                // SAFETY: _exit ends the child without running the parent's destructors.
+                unsafe { libc::_exit(if ran.is_ok() { 0 } else { PANICKED }) }
+            }
+            ForkResult::Parent { child } => {
+                self.children.insert(child, (tag, Instant::now()));
+                Ok(child)
+            }
+        }
+    }
+
+    /// Collect every child that has exited, without blocking; `exited` gets each.
+    /// A child that failed or was killed is logged.
+    pub fn reap(&mut self, mut exited: impl FnMut(Exited<T>)) {
+        while !self.children.is_empty() {
+            let pid = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    if code != 0 {
+                        tracing::warn!("child {pid} exited with status {code}");
+                    }
+                    pid
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    tracing::warn!("child {pid} was killed by {sig}");
+                    pid
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            if let Some((tag, started)) = self.children.remove(&pid) {
+                exited(Exited {
+                    pid,
+                    tag,
+                    lived: started.elapsed(),
+                });
+            }
+        }
+    }
+
+    /// Shutdown: the children saw the shutdown pipe and are finishing; wait up to
+    /// `grace` for them, then SIGKILL the rest and reap every one.
+    pub fn finish(mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        self.reap(drop);
+        while !self.children.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(FINISH_TICK);
+            self.reap(drop);
+        }
+        for pid in self.children.keys() {
+            tracing::warn!("child {pid} still busy after the grace period: killing it");
+            let _ = kill(*pid, Signal::SIGKILL);
+        }
+        for pid in std::mem::take(&mut self.children).into_keys() {
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+/// In a fresh child of `parent`: have the kernel SIGKILL this process when the
+/// parent dies; if the parent has already died (the child was re-parented before it
+/// could ask), exit at once.
+fn die_with(parent: Pid) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory;
+    // it fails only for an invalid signal.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    if getppid() != parent {
+        // SAFETY: _exit ends the child without running the parent's destructors.
+        unsafe { libc::_exit(1) }
+    }
+}
