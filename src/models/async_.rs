@@ -42,7 +42,9 @@
 use crate::protocol::{Flow, Job, Session, Sink};
 use crate::serve::accept::{ConnToken, Gate, after_accept_error};
 use crate::serve::offload::{INLINE_MAX_N, Lane, MAX_JOBS_PER_CONN, Pool};
-use crate::serve::{LINGER, READ_SIZE, ServeConfig, Shutdown, log_closed, log_io_error, log_open};
+use crate::serve::{
+    LINGER, READ_SIZE, Ready, ServeConfig, Shutdown, log_closed, log_io_error, log_open,
+};
 use anyhow::Context;
 use std::collections::VecDeque;
 use std::io;
@@ -59,17 +61,44 @@ pub fn run(
     listener: std::net::TcpListener,
     cfg: &ServeConfig,
     shutdown: Shutdown,
+    ready: Ready<'_>,
 ) -> anyhow::Result<()> {
     let pool = crate::serve::offload_pool(cfg)?.map(Arc::new);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.workers)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let result = runtime.block_on(serve(listener, Arc::new(cfg.clone()), pool, shutdown));
+    let runtime = runtime(cfg.workers).context("starting the tokio runtime")?;
+    let result = runtime.block_on(serve(
+        listener,
+        Arc::new(cfg.clone()),
+        pool,
+        shutdown,
+        ready,
+    ));
     // Tasks still busy after the grace period (a fib, a stuck write) are dropped.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
+}
+
+/// tokio's multi-threaded runtime with `workers` threads. tokio panics, rather than
+/// returning an error, when the OS refuses it a worker thread (a process limit,
+/// say); that panic is caught here, quietly, and becomes the error it should be.
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {})); // still single-threaded: nobody else panics
+    let built = std::panic::catch_unwind(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    });
+    std::panic::set_hook(hook);
+    match built {
+        Ok(runtime) => Ok(runtime?),
+        Err(panic) => {
+            let why = (panic.downcast_ref::<String>().map(String::as_str))
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("it panicked");
+            Err(anyhow::anyhow!("{why}"))
+        }
+    }
 }
 
 async fn serve(
@@ -77,10 +106,12 @@ async fn serve(
     cfg: Arc<ServeConfig>,
     pool: Option<Arc<Pool>>,
     shutdown: Shutdown,
+    ready: Ready<'_>,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::from_std(listener).context("registering the listener")?;
     let stop = watch_shutdown(&shutdown)?;
     let gate = Gate::new(cfg.max_conns);
+    ready.announce()?;
     let mut stopped = stop.clone();
     loop {
         let accepted = tokio::select! {

@@ -14,11 +14,17 @@
 //! with this example server?"
 
 use crate::serve::accept::{Acceptor, Next};
-use crate::serve::{ServeConfig, Shutdown, blocking_conn};
+use crate::serve::{Ready, ServeConfig, Shutdown, blocking_conn};
 use std::net::TcpListener;
 
-pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    listener: TcpListener,
+    cfg: &ServeConfig,
+    shutdown: Shutdown,
+    ready: Ready<'_>,
+) -> anyhow::Result<()> {
     let mut acceptor = Acceptor::new(&listener, &shutdown, cfg.max_conns, None);
+    ready.announce()?;
     loop {
         match acceptor.wait() {
             Next::Client(client) => blocking_conn::serve_client(client, cfg, &shutdown),

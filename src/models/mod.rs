@@ -1,8 +1,9 @@
 //! The talk's servers, one file each, and [`REGISTRY`]: the one list of them.
 //!
 //! Every model has the same signature, [`ModelFn`]: it gets a bound, non-blocking
-//! listener, the [`ServeConfig`] and a [`Shutdown`] handle, and serves until
-//! shutdown. A model file holds only its concurrency; everything else (accepting,
+//! listener, the [`ServeConfig`], a [`Shutdown`] handle and a [`Ready`] it calls
+//! once set up (threads, workers, rings, pools: whatever could still fail), and
+//! serves until shutdown. A model file holds only its concurrency; everything else (accepting,
 //! `--max-conns`, a client's session, shutdown) is plumbing in [`crate::serve`],
 //! which names no model.
 //!
@@ -31,12 +32,12 @@ pub mod threads;
 pub mod uring;
 
 use crate::error::bad_input;
-use crate::serve::{ServeConfig, Shutdown};
+use crate::serve::{Ready, ServeConfig, Shutdown};
 use anyhow::Result;
 use std::net::TcpListener;
 
 /// The signature every model implements.
-pub type ModelFn = fn(TcpListener, &ServeConfig, Shutdown) -> Result<()>;
+pub type ModelFn = fn(TcpListener, &ServeConfig, Shutdown, Ready<'_>) -> Result<()>;
 
 /// What bounds how many clients a model serves at once: its nature, before
 /// `--max-conns` (which every model also obeys).

@@ -35,7 +35,7 @@
 
 use crate::serve::accept::{Acceptor, Gate, Next, shared_slots};
 use crate::serve::supervise::{Exited, Supervisor};
-use crate::serve::{ServeConfig, Shutdown, blocking_conn};
+use crate::serve::{Ready, ServeConfig, Shutdown, blocking_conn};
 use anyhow::Context;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,12 +47,26 @@ const TICK: Duration = Duration::from_millis(100);
 /// A child that dies younger than this is replaced only after this long.
 const RESPAWN_DELAY: Duration = Duration::from_secs(1);
 
-pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    listener: TcpListener,
+    cfg: &ServeConfig,
+    shutdown: Shutdown,
+    ready: Ready<'_>,
+) -> anyhow::Result<()> {
     // A worker's tag is its index: its --max-conns slot and its place in `due`.
     let mut workers = Supervisor::new("prefork")?;
     let slots = shared_slots(cfg.workers).context("mapping the --max-conns counters")?;
     // When each vacant worker is due to be (re)started; `None`: running.
     let mut due: Vec<Option<Instant>> = vec![Some(Instant::now()); cfg.workers];
+    // The whole pool first: the server says it serves only once every worker runs.
+    for (i, when) in due.iter_mut().enumerate() {
+        if let Err(e) = workers.spawn(i, || work(i, &listener, cfg, &shutdown, slots)) {
+            workers.finish(Duration::ZERO);
+            return Err(e).with_context(|| format!("forking worker {i} of {}", cfg.workers));
+        }
+        *when = None;
+    }
+    ready.announce()?;
     loop {
         let now = Instant::now();
         for (i, when) in due.iter_mut().enumerate() {

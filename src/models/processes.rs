@@ -29,7 +29,7 @@
 
 use crate::serve::accept::{Acceptor, Client, Next};
 use crate::serve::supervise::Supervisor;
-use crate::serve::{ServeConfig, Shutdown, blocking_conn};
+use crate::serve::{Ready, ServeConfig, Shutdown, blocking_conn};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -37,12 +37,18 @@ use std::time::Duration;
 /// How often the accept loop wakes to reap children when no client arrives.
 const TICK: Duration = Duration::from_millis(100);
 
-pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    listener: TcpListener,
+    cfg: &ServeConfig,
+    shutdown: Shutdown,
+    ready: Ready<'_>,
+) -> anyhow::Result<()> {
     // Each child holds its client's place under --max-conns (the token) until reaped.
     let mut children = Supervisor::new("processes")?;
     let mut acceptor = Acceptor::new(&listener, &shutdown, cfg.max_conns, Some(TICK));
     let shared = &shutdown;
     let listening = listener.as_raw_fd();
+    ready.announce()?;
     loop {
         match acceptor.wait() {
             Next::Client(Client {

@@ -27,11 +27,17 @@
 
 use super::epoll;
 use crate::serve::accept::Gate;
-use crate::serve::{ServeConfig, Shutdown, listener, offload_pool};
+use crate::serve::{Ready, ServeConfig, Shutdown, listener, offload_pool};
 use anyhow::Context;
 use std::net::TcpListener;
+use std::sync::mpsc;
 
-pub fn run(first: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    first: TcpListener,
+    cfg: &ServeConfig,
+    shutdown: Shutdown,
+    ready: Ready<'_>,
+) -> anyhow::Result<()> {
     let addr = first.local_addr().context("reading the bound address")?;
     let mut listeners = vec![first];
     for _ in 1..cfg.workers {
@@ -42,13 +48,21 @@ pub fn run(first: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow:
     let pool = offload_pool(cfg)?;
     let gate = Gate::new(cfg.max_conns);
     std::thread::scope(|scope| {
+        // Each loop says `true` once set up and `false` when it ends: the server is
+        // announced only when every loop has said `true`.
+        let (started_tx, started) = mpsc::channel::<bool>();
         let mut loops = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
             let (gate, pool, shutdown) = (&gate, pool.as_ref(), &shutdown);
+            let started_tx = started_tx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("loop-{i}"))
                 .spawn_scoped(scope, move || {
-                    let result = epoll::serve_loop(l, cfg, shutdown, gate, pool);
+                    let result = epoll::serve_loop(l, cfg, shutdown, gate, pool, || {
+                        let _ = started_tx.send(true);
+                        Ok(())
+                    });
+                    let _ = started_tx.send(false);
                     if result.is_err() {
                         shutdown.trigger(); // one loop failed: stop the others too
                     }
@@ -63,7 +77,15 @@ pub fn run(first: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow:
                 }
             }
         }
-        let mut first_err = None;
+        drop(started_tx);
+        let all_started = (0..loops.len()).all(|_| started.recv() == Ok(true));
+        let mut first_err = match all_started {
+            true => ready.announce().err(),
+            false => None,
+        };
+        if !all_started || first_err.is_some() {
+            shutdown.trigger();
+        }
         for h in loops {
             match h.join() {
                 Ok(Ok(())) => {}

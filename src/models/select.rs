@@ -28,20 +28,16 @@
 //! descriptor is past that is refused with a log line (passing it to FD_SET would
 //! corrupt memory). "Select scales to monitoring dozens of sockets."
 
-use crate::serve::accept::{Accepted, ConnToken, Gate, try_accept};
+use crate::serve::accept::{ConnToken, Gate};
 use crate::serve::conn::{Conn, READ_SIZE, Step};
-use crate::serve::offload::Mailbox;
-use crate::serve::{ServeConfig, Shutdown, log_closed, log_io_error, log_open};
-use anyhow::Context;
+use crate::serve::lifecycle::{Lifecycle, apply};
+use crate::serve::{Ready, ServeConfig, Shutdown, log_closed, log_io_error, log_open};
 use nix::sys::select::{FD_SETSIZE, FdSet, select};
 use nix::sys::time::TimeVal;
-use std::collections::HashMap;
+use slab::Slab;
 use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
-
-/// Clients taken per turn, so a flood of connections cannot starve the others.
-const ACCEPTS_PER_TURN: usize = 64;
 
 struct Client {
     stream: TcpStream,
@@ -50,124 +46,93 @@ struct Client {
     _token: ConnToken,
 }
 
-pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    let gate = Gate::new(cfg.max_conns);
+pub fn run(
+    listener: TcpListener,
+    cfg: &ServeConfig,
+    shutdown: Shutdown,
+    ready: Ready<'_>,
+) -> anyhow::Result<()> {
     let pool = crate::serve::offload_pool(cfg)?;
-    let mailbox = match pool {
-        Some(_) => Some(Mailbox::new().context("creating the offload eventfd")?),
-        None => None,
-    };
-    let mut clients: HashMap<RawFd, Client> = HashMap::new();
+    let mut life = Lifecycle::new(cfg, Gate::new(cfg.max_conns), pool.as_ref())?;
+    let mut clients: Slab<Client> = Slab::new();
     let mut buf = vec![0u8; READ_SIZE];
-    let mut accept_paused_until: Option<Instant> = None;
-    let mut stopping_at: Option<Instant> = None; // end of the grace period
+    ready.announce()?;
     loop {
         // Build the sets and wait.
         let now = Instant::now();
-        let accepting = stopping_at.is_none() && accept_paused_until.is_none_or(|t| now >= t);
-        let wake = clients
-            .values()
-            .filter_map(|c| c.conn.deadline())
-            .chain(accept_paused_until)
-            .chain(stopping_at)
-            .min();
         let mut watch = Vec::new();
-        if stopping_at.is_none() {
+        if !life.stopping() {
             watch.push(shutdown.fd());
         }
-        if accepting {
+        if life.accepting(now) {
             watch.push(listener.as_fd());
         }
-        if let Some(m) = &mailbox {
+        if let Some(m) = life.mailbox() {
             watch.push(m.fd());
         }
-        let (readable, writable) = wait(&watch, &clients, wake)?;
+        let timeout = life.timeout(!clients.is_empty(), now);
+        let (readable, writable) = wait(&watch, &clients, timeout)?;
         let now = Instant::now();
 
-        if is_in(&readable, shutdown.raw_fd()) && stopping_at.is_none() {
-            stopping_at = Some(now + cfg.grace);
-            clients.values_mut().for_each(|c| c.conn.stop());
+        if is_in(&readable, shutdown.raw_fd()) && life.stop(now) {
+            clients.iter_mut().for_each(|(_, c)| c.conn.stop());
         }
         // Finished offloaded jobs: their replies join the unsent buffers, and the
         // next turn's set of writable sockets.
-        if let Some(m) = &mailbox
-            && is_in(&readable, m.fd().as_raw_fd())
-        {
-            for d in m.take() {
-                if let Some(c) = clients.get_mut(&(d.key as RawFd)) {
-                    c.conn.completed(d.id, d.reply);
-                }
+        for d in life.finished_jobs() {
+            if let Some(c) = clients.get_mut(d.key) {
+                c.conn.completed(d.id, d.reply);
             }
         }
-        if stopping_at.is_none() && is_in(&readable, listener.as_raw_fd()) {
-            accept_paused_until = None;
-            for _ in 0..ACCEPTS_PER_TURN {
-                match try_accept(&listener, &gate) {
-                    Accepted::Client(c) if c.stream.as_raw_fd() >= FD_SETSIZE as RawFd => {
-                        tracing::warn!(
-                            "refused {}: descriptor {} >= FD_SETSIZE ({FD_SETSIZE}), select(2) cannot watch it",
-                            c.addr,
-                            c.stream.as_raw_fd()
-                        );
-                    }
-                    Accepted::Client(c) => {
-                        if let Err(e) = c.stream.set_nonblocking(true) {
-                            log_io_error(&c.addr, &e);
-                            continue;
-                        }
-                        log_open(&c.addr);
-                        let fd = c.stream.as_raw_fd();
-                        let offload = pool
-                            .as_ref()
-                            .zip(mailbox.as_ref())
-                            .map(|(p, m)| p.handle(m, fd as usize));
-                        let conn =
-                            Conn::with_offload(cfg.service.session(), cfg.idle_timeout, offload);
-                        let client = Client {
-                            stream: c.stream,
-                            addr: c.addr,
-                            conn,
-                            _token: c.token,
-                        };
-                        clients.insert(fd, client);
-                    }
-                    Accepted::Nothing { again: true } => {}
-                    Accepted::Nothing { again: false } => break,
-                    Accepted::Backoff(d) => {
-                        accept_paused_until = Some(now + d);
-                        break;
-                    }
+        if is_in(&readable, listener.as_raw_fd()) {
+            let mut admitted = Vec::new();
+            life.accept_from(&listener, now, |c| admitted.push(c));
+            for c in admitted {
+                if c.stream.as_raw_fd() >= FD_SETSIZE as RawFd {
+                    tracing::warn!(
+                        "refused {}: descriptor {} >= FD_SETSIZE ({FD_SETSIZE}), select(2) cannot watch it",
+                        c.addr,
+                        c.stream.as_raw_fd()
+                    );
+                    continue;
                 }
+                if let Err(e) = c.stream.set_nonblocking(true) {
+                    log_io_error(&c.addr, &e);
+                    continue;
+                }
+                log_open(&c.addr);
+                let key = clients.vacant_key();
+                clients.insert(Client {
+                    stream: c.stream,
+                    addr: c.addr,
+                    conn: life.conn(key),
+                    _token: c.token,
+                });
             }
         }
 
-        // Read, feed the protocol, write; then let each connection say what is next.
+        // Read, feed the protocol, write; then let each connection say what is next
+        // (this walk is also the deadline check: every client, every turn).
         let mut gone = Vec::new();
-        for (fd, c) in clients.iter_mut() {
-            let (r, w) = (is_in(&readable, *fd), is_in(&writable, *fd));
+        for (key, c) in clients.iter_mut() {
+            let fd = c.stream.as_raw_fd();
+            let (r, w) = (is_in(&readable, fd), is_in(&writable, fd));
             let step = c.conn.pump(&c.stream, r, w, &mut buf, now);
-            let step = match step {
-                Ok(Step::ShutdownWrite) => c.stream.shutdown(Direction::Write).map(|()| Step::Wait),
-                other => other,
-            };
-            match step {
-                Ok(Step::Wait | Step::ShutdownWrite) => {}
-                Ok(Step::Close) => gone.push(*fd),
+            match apply(step, || c.stream.shutdown(Direction::Write)) {
+                Ok(Step::Close) => gone.push(key),
+                Ok(_) => {}
                 Err(e) => {
                     log_io_error(&c.addr, &e);
-                    gone.push(*fd);
+                    gone.push(key);
                 }
             }
         }
-        for fd in gone {
-            if let Some(c) = clients.remove(&fd) {
-                log_closed(&c.addr);
-            }
+        for key in gone {
+            log_closed(&clients.remove(key).addr);
         }
+        life.sweep_due(now); // the walk above was this turn's sweep
 
-        if let Some(end) = stopping_at
-            && (clients.is_empty() || Instant::now() >= end)
-        {
+        if life.finished(Instant::now(), clients.is_empty()) {
             return Ok(());
         }
     }
@@ -178,19 +143,19 @@ fn is_in(ready: &[RawFd], fd: RawFd) -> bool {
     ready.binary_search(&fd).is_ok()
 }
 
-/// One select(2) call on `watch` (shutdown pipe, listener) and the clients'
-/// descriptors: returns the readable and the writable descriptors, sorted.
+/// One select(2) call on `watch` (shutdown pipe, listener, mailbox) and the
+/// clients' descriptors: returns the readable and the writable descriptors, sorted.
 fn wait(
     watch: &[BorrowedFd<'_>],
-    clients: &HashMap<RawFd, Client>,
-    wake: Option<Instant>,
+    clients: &Slab<Client>,
+    timeout: Option<Duration>,
 ) -> anyhow::Result<(Vec<RawFd>, Vec<RawFd>)> {
     let mut inputs = FdSet::new();
     let mut outputs = FdSet::new();
     for fd in watch {
         inputs.insert(*fd);
     }
-    for c in clients.values() {
+    for (_, c) in clients {
         if c.conn.wants_read() {
             inputs.insert(c.stream.as_fd());
         }
@@ -198,10 +163,8 @@ fn wait(
             outputs.insert(c.stream.as_fd());
         }
     }
-    let mut timeout = wake.map(|w| {
-        let left = w.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
-        TimeVal::new(left.as_secs() as _, left.subsec_micros() as _)
-    });
+    let mut timeout =
+        timeout.map(|left| TimeVal::new(left.as_secs() as _, left.subsec_micros() as _));
     match select(None, &mut inputs, &mut outputs, None, timeout.as_mut()) {
         Ok(_) => {}
         Err(nix::errno::Errno::EINTR) => return Ok((Vec::new(), Vec::new())),

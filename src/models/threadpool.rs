@@ -21,7 +21,7 @@
 //! 8 workers per core rather than one), the next ones wait in the queue.
 
 use crate::serve::accept::{Acceptor, Client, Next};
-use crate::serve::{ServeConfig, Shutdown, blocking_conn};
+use crate::serve::{Ready, ServeConfig, Shutdown, blocking_conn};
 use anyhow::Context;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +34,12 @@ pub const QUEUE_PER_WORKER: usize = 64;
 /// Stack reserved per worker thread (fib's recursion is at most 50 frames deep).
 const STACK: usize = 256 * 1024;
 
-pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    listener: TcpListener,
+    cfg: &ServeConfig,
+    shutdown: Shutdown,
+    ready: Ready<'_>,
+) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::sync_channel::<Client>(cfg.workers * QUEUE_PER_WORKER);
     let rx = Arc::new(Mutex::new(rx));
     let mut workers = Vec::with_capacity(cfg.workers);
@@ -58,6 +63,7 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
     }
     let full = AtomicU64::new(0);
     let mut acceptor = Acceptor::new(&listener, &shutdown, cfg.max_conns, None);
+    ready.announce()?;
     loop {
         match acceptor.wait() {
             Next::Client(client) => {

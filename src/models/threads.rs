@@ -23,19 +23,25 @@
 //! default settings) and closes any more at once, like `--max-conns`.
 
 use crate::serve::accept::{Acceptor, Next};
-use crate::serve::{ServeConfig, Shutdown, blocking_conn};
+use crate::serve::{Ready, ServeConfig, Shutdown, blocking_conn};
 use std::net::TcpListener;
 use std::time::Instant;
 
 /// Stack reserved per client thread (fib's recursion is at most 50 frames deep).
 const STACK: usize = 256 * 1024;
 
-pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    listener: TcpListener,
+    cfg: &ServeConfig,
+    shutdown: Shutdown,
+    ready: Ready<'_>,
+) -> anyhow::Result<()> {
     let ceiling = crate::sys::thread_ceiling();
     if cfg.max_conns > ceiling {
         tracing::info!("threads: serving at most {ceiling} clients at once (one thread each)");
     }
     let mut acceptor = Acceptor::new(&listener, &shutdown, cfg.max_conns.min(ceiling), None);
+    ready.announce()?;
     loop {
         match acceptor.wait() {
             Next::Client(client) => {

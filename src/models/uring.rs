@@ -33,25 +33,28 @@
 //!
 //! fib runs inline on the loop's thread, as in the talk, unless `--offload`.
 //!
-//! If the kernel refuses io_uring (too old, or disabled: ENOSYS, EPERM), the model
-//! exits with status 2 and says so ([`available`]).
+//! Before anything is bound, [`available`] probes the kernel for what the loop
+//! uses: io_uring itself (it may be disabled: ENOSYS, EPERM), the buffer ring
+//! (Linux 5.19) and the multishot recv (Linux 6.0), trying each for real; if one is
+//! missing the model exits with status 2 and one line saying which.
 //!
 //! Cost per connection: the [`Conn`], the client entry and its small send buffer:
 //! about 600 bytes resident per idle connection (measured with 10,000 held), plus
 //! the kernel's poll entry for the armed recv. Ceiling: the descriptor limit and
 //! `--max-conns`.
 
-use crate::serve::accept::{ConnToken, Gate, after_accept_error};
+use crate::serve::accept::ConnToken;
 use crate::serve::conn::{Conn, READ_SIZE, Step};
-use crate::serve::offload::Mailbox;
-use crate::serve::{ServeConfig, Shutdown, log_closed, log_io_error, log_open};
+use crate::serve::lifecycle::{Lifecycle, SWEEP};
+use crate::serve::{Ready, ServeConfig, Shutdown, log_closed, log_io_error, log_open};
 use anyhow::Context;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
-use std::collections::HashMap;
+use slab::Slab;
+use std::io;
 use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Submission ring entries (the completion ring has twice as many; the kernel
 /// keeps overflowing completions rather than dropping them).
@@ -60,9 +63,6 @@ const ENTRIES: u32 = 1024;
 /// Receive buffers in the provided group, READ_SIZE each.
 pub const BUFFERS: u16 = 128;
 const GROUP: u16 = 1;
-
-/// How often deadlines (idle timeout, linger, accept back-off) are checked.
-const SWEEP: Duration = Duration::from_millis(100);
 
 // user_data: key << 3 | op. Loop-wide operations have key 0.
 const OP_ACCEPT: u64 = 1;
@@ -76,9 +76,40 @@ const OP_SEND: u64 = 7;
 /// A send buffer up to this capacity is kept for the next send; a larger one is freed.
 const KEEP_CAPACITY: usize = 1024;
 
-/// Whether this kernel lets us use io_uring; the error says why not.
-pub fn available() -> std::io::Result<()> {
-    IoUring::new(2).map(drop)
+/// Whether this kernel can run the loop; the error names what is missing. Each
+/// feature is tried for real on a small ring: io_uring itself, a buffer ring
+/// (Linux 5.19) and a multishot recv on a socket pair (Linux 6.0).
+pub fn available() -> io::Result<()> {
+    let mut ring = IoUring::new(4)?;
+    let base = Box::leak(vec![0u8; READ_SIZE].into_boxed_slice()).as_mut_ptr();
+    let mut bufs = BufRing::new(&ring, base, 1).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("buffer rings are not available (Linux 5.19+): {e}"),
+        )
+    })?;
+    let (a, mut b) = std::os::unix::net::UnixStream::pair()?;
+    let recv = opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), GROUP)
+        .build()
+        .user_data(1);
+    // SAFETY: the entry points at no memory of ours; the buffer is leaked above.
+    unsafe { ring.submission().push(&recv) }.map_err(io::Error::other)?;
+    io::Write::write_all(&mut b, b"x")?;
+    ring.submit_and_wait(1)?;
+    let done = ring.completion().next();
+    let multishot = done
+        .as_ref()
+        .is_some_and(|c| c.result() == 1 && cqueue::more(c.flags()));
+    if let Some(bid) = done.and_then(|c| cqueue::buffer_select(c.flags())) {
+        bufs.give_back(bid);
+    }
+    if !multishot {
+        return Err(io::Error::other(
+            "multishot recv is not available (Linux 6.0+)",
+        ));
+    }
+    // Dropping the ring cancels the armed recv; the leaked buffer outlives it.
+    Ok(())
 }
 
 struct Client {
@@ -93,17 +124,24 @@ struct Client {
     sending: Vec<u8>,
     send_off: usize,
     send_in_flight: bool,
+    /// The in-flight send's cancellation was asked for (closing).
+    send_cancelled: bool,
     /// Closing: waiting for the operations in flight to finish before closing.
     closing: bool,
     _token: ConnToken,
 }
 
+/// A completion: user data, result, flags.
+type Completion = (u64, i32, u32);
+
+/// The ring and the completions reaped early to make room for submissions.
 struct Ring {
     ring: IoUring,
+    backlog: Vec<Completion>,
 }
 
 impl Ring {
-    fn push(&mut self, entry: squeue::Entry) -> std::io::Result<()> {
+    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: every buffer an entry points to outlives the operation: the
             // provided buffers live as long as the loop (and are leaked at the end),
@@ -112,8 +150,41 @@ impl Ring {
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return Ok(());
             }
-            self.ring.submit()?;
+            self.submit(0)?;
         }
+    }
+
+    /// Submit what is queued and wait for `want` completions. When the kernel is
+    /// busy (EBUSY: completions it could not post yet; EAGAIN: out of memory for
+    /// the moment) the completions are moved to the backlog to make room, and the
+    /// submission is tried again: they are handled on the loop's next turn.
+    fn submit(&mut self, want: usize) -> io::Result<()> {
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => return Ok(()),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    let before = self.backlog.len();
+                    self.reap();
+                    if self.backlog.len() == before {
+                        std::thread::yield_now(); // nothing to make room with: retry
+                    }
+                    if want > 0 && !self.backlog.is_empty() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Move every posted completion to the backlog.
+    fn reap(&mut self) {
+        self.backlog.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
     }
 }
 
@@ -125,11 +196,14 @@ struct BufRing {
     entries: *mut types::BufRingEntry,
     base: *mut u8,
     tail: u16,
+    /// Entries in the ring (a power of two), one per buffer.
+    count: u16,
 }
 
 impl BufRing {
-    fn new(ring: &IoUring, base: *mut u8) -> std::io::Result<BufRing> {
-        let size = BUFFERS as usize * std::mem::size_of::<types::BufRingEntry>();
+    /// `count` buffers of READ_SIZE at `base` (a power of two).
+    fn new(ring: &IoUring, base: *mut u8, count: u16) -> std::io::Result<BufRing> {
+        let size = count as usize * std::mem::size_of::<types::BufRingEntry>();
         // SAFETY: a fresh anonymous mapping (page-aligned, zeroed), checked below.
         let ptr = unsafe {
             libc::mmap(
@@ -148,22 +222,23 @@ impl BufRing {
             entries: ptr.cast(),
             base,
             tail: 0,
+            count,
         };
-        for bid in 0..BUFFERS {
+        for bid in 0..count {
             bufs.give_back(bid);
         }
-        // SAFETY: the ring memory is page-aligned, BUFFERS (a power of two) entries
+        // SAFETY: the ring memory is page-aligned, `count` (a power of two) entries
         // long and lives as long as the process (never unmapped).
         unsafe {
             ring.submitter()
-                .register_buf_ring_with_flags(ptr as u64, BUFFERS, GROUP, 0)
+                .register_buf_ring_with_flags(ptr as u64, count, GROUP, 0)
         }?;
         Ok(bufs)
     }
 
     /// Lend buffer `bid` to the kernel (again).
     fn give_back(&mut self, bid: u16) {
-        let slot = (self.tail & (BUFFERS - 1)) as usize;
+        let slot = (self.tail & (self.count - 1)) as usize;
         // SAFETY: `slot` is within the ring; `bid` within the leaked buffers. Only
         // addr, len and bid are written: entry 0's `resv` is the kernel's tail.
         unsafe {
@@ -185,7 +260,12 @@ fn ud(key: usize, op: u64) -> u64 {
     ((key as u64) << 3) | op
 }
 
-pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    listener: TcpListener,
+    cfg: &ServeConfig,
+    shutdown: Shutdown,
+    ready: Ready<'_>,
+) -> anyhow::Result<()> {
     let ring = IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
@@ -194,23 +274,26 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
         .map_err(|e| {
             crate::error::bad_input(format!("io_uring is not available on this kernel: {e}"))
         })?;
-    let mut ring = Ring { ring };
+    let mut ring = Ring {
+        ring,
+        backlog: Vec::new(),
+    };
     // io_uring waits for a blocking socket itself; a non-blocking one could make
     // older kernels return EAGAIN instead.
     listener
         .set_nonblocking(false)
         .context("making the listener blocking")?;
     let pool = crate::serve::offload_pool(cfg)?;
-    let mailbox = match pool {
-        Some(_) => Some(Mailbox::new().context("creating the offload eventfd")?),
-        None => None,
-    };
-    let gate = Gate::new(cfg.max_conns);
+    let mut life = Lifecycle::new(
+        cfg,
+        crate::serve::accept::Gate::new(cfg.max_conns),
+        pool.as_ref(),
+    )?;
     let buffers = vec![0u8; BUFFERS as usize * READ_SIZE].into_boxed_slice();
     let base = Box::leak(buffers).as_mut_ptr(); // the kernel may hold it to the very end
     let tick = types::Timespec::from(SWEEP);
 
-    let mut bufs = BufRing::new(&ring.ring, base).map_err(|e| {
+    let mut bufs = BufRing::new(&ring.ring, base, BUFFERS).map_err(|e| {
         crate::error::bad_input(format!(
             "io_uring buffer rings are not available on this kernel (Linux 5.19+): {e}"
         ))
@@ -234,42 +317,31 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
             .build()
             .user_data(ud(0, OP_TICK)),
     )?;
-    if let Some(m) = &mailbox {
-        ring.push(
-            opcode::PollAdd::new(types::Fd(m.fd().as_raw_fd()), libc::POLLIN as u32)
-                .build()
-                .user_data(ud(0, OP_MAILBOX)),
-        )?;
+    let watch_mailbox = life.mailbox().map(|m| {
+        opcode::PollAdd::new(types::Fd(m.fd().as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(ud(0, OP_MAILBOX))
+    });
+    if let Some(entry) = &watch_mailbox {
+        ring.push(entry.clone())?;
     }
 
-    let mut clients: HashMap<usize, Client> = HashMap::new();
-    let mut next_key = 1usize;
-    let mut accept_paused_until: Option<Instant> = None;
-    let mut stopping_at: Option<Instant> = None;
-    let mut done: Vec<(u64, i32, u32)> = Vec::with_capacity(ENTRIES as usize);
+    let mut clients: Slab<Client> = Slab::new();
+    let mut done: Vec<Completion> = Vec::with_capacity(ENTRIES as usize);
     let mut touched: Vec<usize> = Vec::new();
+    ready.announce()?;
     loop {
-        match ring.ring.submit_and_wait(1) {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) => {}
-            Err(e) => return Err(e).context("io_uring_enter"),
-        }
+        // Completions reaped early (see Ring::submit) are handled without waiting.
+        let want = if ring.backlog.is_empty() { 1 } else { 0 };
+        ring.submit(want).context("io_uring_enter")?;
+        ring.reap();
         done.clear();
-        done.extend(
-            ring.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
+        std::mem::swap(&mut done, &mut ring.backlog);
         let now = Instant::now();
         for &(data, res, flags) in &done {
             let key = (data >> 3) as usize;
             match data & 7 {
-                OP_SHUTDOWN if stopping_at.is_none() => {
-                    stopping_at = Some(now + cfg.grace);
+                OP_SHUTDOWN if life.stop(now) => {
                     ring.push(
                         opcode::AsyncCancel::new(ud(0, OP_ACCEPT))
                             .build()
@@ -277,60 +349,44 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
                     )?;
                     for (key, c) in clients.iter_mut() {
                         c.conn.stop();
-                        touched.push(*key);
+                        touched.push(key);
                     }
                 }
                 OP_ACCEPT => {
                     if res >= 0 {
                         // SAFETY: a successful accept returns a new descriptor we own.
                         let stream = unsafe { TcpStream::from_raw_fd(res) };
-                        if let Some((stream, addr, token)) =
-                            admit(stream, &gate, stopping_at.is_some())
-                        {
-                            let key_now = next_key;
-                            next_key += 1;
-                            log_open(&addr);
-                            let offload = pool
-                                .as_ref()
-                                .zip(mailbox.as_ref())
-                                .map(|(p, m)| p.handle(m, key_now));
-                            clients.insert(
-                                key_now,
-                                Client {
-                                    stream,
-                                    addr,
-                                    conn: Conn::with_offload(
-                                        cfg.service.session(),
-                                        cfg.idle_timeout,
-                                        offload,
-                                    ),
-                                    recv_in_flight: false,
-                                    recv_cancelled: false,
-                                    sending: Vec::new(),
-                                    send_off: 0,
-                                    send_in_flight: false,
-                                    closing: false,
-                                    _token: token,
-                                },
-                            );
-                            touched.push(key_now);
+                        if let Some(c) = life.admit(stream) {
+                            log_open(&c.addr);
+                            let entry = clients.vacant_entry();
+                            let key = entry.key();
+                            entry.insert(Client {
+                                stream: c.stream,
+                                addr: c.addr,
+                                conn: life.conn(key),
+                                recv_in_flight: false,
+                                recv_cancelled: false,
+                                sending: Vec::new(),
+                                send_off: 0,
+                                send_in_flight: false,
+                                send_cancelled: false,
+                                closing: false,
+                                _token: c.token,
+                            });
+                            touched.push(key);
                         }
-                    } else if res != -libc::ECANCELED
-                        && let Some(pause) =
-                            after_accept_error(&std::io::Error::from_raw_os_error(-res))
-                    {
-                        accept_paused_until = Some(now + pause);
+                    } else if res != -libc::ECANCELED {
+                        life.accept_failed(&io::Error::from_raw_os_error(-res), now);
                     }
-                    if stopping_at.is_none() && accept_paused_until.is_none() {
+                    if life.accepting(now) {
                         ring.push(accept.clone())?;
                     }
                 }
                 OP_TICK => {
-                    if accept_paused_until.is_some_and(|t| now >= t) && stopping_at.is_none() {
-                        accept_paused_until = None;
+                    if life.resume_accepting(now) {
                         ring.push(accept.clone())?;
                     }
-                    touched.extend(clients.keys().copied());
+                    touched.extend(clients.iter().map(|(key, _)| key));
                     ring.push(
                         opcode::Timeout::new(&tick)
                             .build()
@@ -338,22 +394,15 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
                     )?;
                 }
                 OP_MAILBOX => {
-                    if let Some(m) = &mailbox {
-                        for d in m.take() {
-                            if let Some(c) = clients.get_mut(&d.key)
-                                && c.conn.completed(d.id, d.reply)
-                            {
-                                touched.push(d.key);
-                            }
+                    for d in life.finished_jobs() {
+                        if let Some(c) = clients.get_mut(d.key)
+                            && c.conn.completed(d.id, d.reply)
+                        {
+                            touched.push(d.key);
                         }
-                        ring.push(
-                            opcode::PollAdd::new(
-                                types::Fd(m.fd().as_raw_fd()),
-                                libc::POLLIN as u32,
-                            )
-                            .build()
-                            .user_data(ud(0, OP_MAILBOX)),
-                        )?;
+                    }
+                    if let Some(entry) = &watch_mailbox {
+                        ring.push(entry.clone())?;
                     }
                 }
                 OP_RECV => {
@@ -369,7 +418,7 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
                         };
                         (bid, data)
                     });
-                    if let Some(c) = clients.get_mut(&key) {
+                    if let Some(c) = clients.get_mut(key) {
                         c.recv_in_flight &= cqueue::more(flags);
                         match res {
                             0 => c.conn.received_eof(),
@@ -391,12 +440,13 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
                     }
                 }
                 OP_SEND => {
-                    if let Some(c) = clients.get_mut(&key) {
+                    if let Some(c) = clients.get_mut(key) {
                         c.send_in_flight = false;
+                        c.send_cancelled = false;
                         match res {
                             n if n >= 0 => {
                                 c.send_off += n as usize;
-                                c.conn.progressed(now); // for the idle timeout
+                                c.conn.confirmed(n as usize, now); // for the idle timeout
                             }
                             e if matches!(-e, libc::EINTR | libc::EAGAIN) => {}
                             e if -e == libc::ECANCELED => c.closing = true,
@@ -414,54 +464,32 @@ pub fn run(listener: TcpListener, cfg: &ServeConfig, shutdown: Shutdown) -> anyh
         for key in touched.drain(..) {
             sync(&mut ring, &mut clients, key, now)?;
         }
+        life.sweep_due(now); // the tick is this loop's sweep
 
-        if let Some(end) = stopping_at
-            && (clients.is_empty() || now >= end)
-        {
+        if life.finished(now, clients.is_empty()) {
             break;
         }
     }
     // Closing the ring cancels what is still in flight; the clients' send buffers may
     // be read until then, so they are leaked rather than freed under the kernel.
     drop(ring);
-    for (_, c) in clients.drain() {
+    for c in clients.drain() {
         std::mem::forget(c.sending);
     }
     Ok(())
 }
 
-/// A new descriptor from accept: admitted (with its peer address and token) or
-/// closed here.
-fn admit(
-    stream: TcpStream,
-    gate: &Gate,
-    stopping: bool,
-) -> Option<(TcpStream, SocketAddr, ConnToken)> {
-    if stopping {
-        return None;
-    }
-    let addr = stream.peer_addr().ok()?;
-    let token = gate.admit(&addr)?;
-    let _ = stream.set_nodelay(true);
-    Some((stream, addr, token))
-}
-
 /// An operation failed with `-errno`: log it and close the connection.
 fn fail(c: &mut Client, errno: i32) {
-    log_io_error(&c.addr, &std::io::Error::from_raw_os_error(-errno));
+    log_io_error(&c.addr, &io::Error::from_raw_os_error(-errno));
     c.closing = true;
 }
 
 /// Bring one client's operations in line with what its connection wants: send what
 /// is owed, keep a recv in flight while it wants input, act on its next step, and
 /// close it once nothing is in flight.
-fn sync(
-    ring: &mut Ring,
-    clients: &mut HashMap<usize, Client>,
-    key: usize,
-    now: Instant,
-) -> anyhow::Result<()> {
-    let Some(c) = clients.get_mut(&key) else {
+fn sync(ring: &mut Ring, clients: &mut Slab<Client>, key: usize, now: Instant) -> io::Result<()> {
+    let Some(c) = clients.get_mut(key) else {
         return Ok(());
     };
     let fd = types::Fd(c.stream.as_raw_fd());
@@ -480,7 +508,7 @@ fn sync(
                     }
                     if c.conn.wants_write() {
                         c.sending.extend_from_slice(c.conn.unsent());
-                        c.conn.sent_at(c.sending.len(), now);
+                        c.conn.handed_off(c.sending.len());
                     }
                 }
                 if c.send_off < c.sending.len() {
@@ -534,22 +562,22 @@ fn sync(
         }
     }
     if c.closing {
-        let recv = c.recv_in_flight && !c.recv_cancelled;
-        c.recv_cancelled |= c.recv_in_flight;
-        for (op, in_flight) in [(OP_RECV, recv), (OP_SEND, c.send_in_flight)] {
-            if in_flight {
+        // Cancel each operation in flight once; its completion comes back later.
+        for (op, in_flight, cancelled) in [
+            (OP_RECV, c.recv_in_flight, &mut c.recv_cancelled),
+            (OP_SEND, c.send_in_flight, &mut c.send_cancelled),
+        ] {
+            if in_flight && !*cancelled {
                 ring.push(
                     opcode::AsyncCancel::new(ud(key, op))
                         .build()
                         .user_data(ud(0, OP_IGNORE)),
                 )?;
+                *cancelled = true;
             }
         }
-        if !c.recv_in_flight
-            && !c.send_in_flight
-            && let Some(c) = clients.remove(&key)
-        {
-            log_closed(&c.addr);
+        if !c.recv_in_flight && !c.send_in_flight {
+            log_closed(&clients.remove(key).addr);
         }
     }
     Ok(())

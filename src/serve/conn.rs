@@ -156,6 +156,9 @@ pub struct Conn {
     phase: Phase,
     idle_timeout: Option<Duration>,
     last_progress: Instant,
+    /// Bytes a completion-based loop took for a send the kernel has not finished
+    /// ([`Conn::handed_off`]); they count against [`OUT_LIMIT`].
+    in_flight: usize,
 }
 
 impl Conn {
@@ -178,6 +181,7 @@ impl Conn {
             phase: Phase::Open,
             idle_timeout,
             last_progress: Instant::now(),
+            in_flight: 0,
         }
     }
 
@@ -186,7 +190,8 @@ impl Conn {
     pub fn wants_read(&self) -> bool {
         match self.phase {
             Phase::Open => {
-                !self.session.is_paused() && self.unsent().len() + self.out.queued < OUT_LIMIT
+                !self.session.is_paused()
+                    && self.unsent().len() + self.out.queued + self.in_flight < OUT_LIMIT
             }
             Phase::Linger(_) => true,
             Phase::Eof | Phase::Flush => false,
@@ -288,6 +293,29 @@ impl Conn {
         if n > 0 {
             self.last_progress = now;
         }
+        self.consume(n);
+    }
+
+    /// A completion-based loop (uring) moved the first `n` bytes of
+    /// [`Conn::unsent`] into a send of its own, whose memory must stay put until the
+    /// kernel is done with it. They leave the unsent buffer but count against
+    /// [`OUT_LIMIT`] until [`Conn::confirmed`], and moving them is no progress for
+    /// the idle timeout: a client that never reads must still time out.
+    pub fn handed_off(&mut self, n: usize) {
+        self.in_flight += n;
+        self.consume(n);
+    }
+
+    /// The kernel sent `n` bytes [`Conn::handed_off`] earlier.
+    pub fn confirmed(&mut self, n: usize, now: Instant) {
+        if n > 0 {
+            self.last_progress = now;
+        }
+        self.in_flight = self.in_flight.saturating_sub(n);
+    }
+
+    /// Forget the first `n` unsent bytes.
+    fn consume(&mut self, n: usize) {
         self.out.sent += n;
         if self.out.sent == self.out.buf.len() {
             self.out.buf.clear();
@@ -299,11 +327,6 @@ impl Conn {
             self.out.buf.drain(..self.out.sent);
             self.out.sent = 0;
         }
-    }
-
-    /// Bytes moved on (a completion-based loop confirms a send it took earlier).
-    pub fn progressed(&mut self, now: Instant) {
-        self.last_progress = now;
     }
 
     /// Whether the idle timeout has passed with no progress (and no job running).
@@ -735,6 +758,27 @@ mod tests {
         assert!(pool.queued() >= offload::MAX_JOBS_PER_CONN - 1);
         drop(c);
         assert_eq!(pool.queued(), 0);
+    }
+
+    #[test]
+    fn bytes_handed_off_count_until_confirmed() {
+        let mut c = Conn::new(
+            ServiceSpec::Echo { prefix: Vec::new() }.session(),
+            Some(Duration::from_secs(5)),
+        );
+        let start = Instant::now();
+        let chunk = vec![b'x'; OUT_LIMIT / 2];
+        c.received_at(&chunk, start);
+        c.handed_off(chunk.len());
+        assert!(c.unsent().is_empty());
+        assert!(c.wants_read(), "half the bound is in flight");
+        c.received_at(&chunk, start);
+        assert!(!c.wants_read(), "unsent plus in flight reach the bound");
+        let later = start + Duration::from_secs(6);
+        assert_eq!(c.step(later), Step::Close, "handing off is not progress");
+        c.confirmed(chunk.len(), start + Duration::from_secs(4));
+        assert!(c.wants_read(), "the kernel sent them");
+        assert_eq!(c.step(later), Step::Wait, "a confirmed send is progress");
     }
 
     #[test]

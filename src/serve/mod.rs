@@ -24,6 +24,7 @@
 pub mod accept;
 pub mod blocking_conn;
 pub mod conn;
+pub mod lifecycle;
 pub mod listener;
 pub mod offload;
 pub mod shutdown;
@@ -35,6 +36,7 @@ use crate::error::bad_input;
 use crate::models::ModelInfo;
 use crate::protocol::{DEFAULT_MAX_N, ServiceSpec, echo::DEFAULT_PREFIX};
 use anyhow::{Context, Result};
+use std::cell::Cell;
 use std::io::Write;
 use std::time::Duration;
 
@@ -199,19 +201,51 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let shutdown = Shutdown::install().context("installing SIGINT/SIGTERM handlers")?;
     let listener = listener::bind_with(&args.addr, model.reuse_port)?;
     let local = listener.local_addr().context("reading the bound address")?;
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "listening on {local} model={} service={}",
-        model.name,
-        cfg.service.name()
-    )
-    .and_then(|()| out.flush())
-    .context("writing the listening line to stdout")?;
-    drop(out);
-    (model.run)(listener, &cfg, shutdown)?;
+    let announced = Cell::new(false);
+    let ready = Ready {
+        line: format!(
+            "listening on {local} model={} service={}",
+            model.name,
+            cfg.service.name()
+        ),
+        announced: &announced,
+    };
+    match (model.run)(listener, &cfg, shutdown, ready) {
+        Ok(()) => {}
+        // Nothing was served yet: the user sees why it could not start, exit 2.
+        Err(e) if !announced.get() => {
+            return Err(crate::error::bad_input(format!(
+                "model {} could not start: {e:#}",
+                model.name
+            )));
+        }
+        Err(e) => return Err(e),
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The "listening on ADDR model=M service=S" line on stdout, which scripts, the
+/// lab and the tests wait for. A model writes it with [`Ready::announce`] once it
+/// has set up everything that could fail (threads, worker processes, listeners,
+/// rings, the offload pool): the line promises that the server serves. An error
+/// before it exits 2 with one line ("could not start"), and no line is printed.
+pub struct Ready<'a> {
+    line: String,
+    announced: &'a Cell<bool>,
+}
+
+impl Ready<'_> {
+    /// Print the line (once; later calls do nothing).
+    pub fn announce(&self) -> Result<()> {
+        if self.announced.replace(true) {
+            return Ok(());
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", self.line)
+            .and_then(|()| out.flush())
+            .context("writing the listening line to stdout")
+    }
 }
 
 /// The worker pool for `--offload`, if asked for (`--workers` threads).
