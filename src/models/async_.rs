@@ -27,7 +27,7 @@
 //! whose queue has no limit and no notion of connections. Each task has its own
 //! lane in the pool and awaits each job's reply on a oneshot channel, its worker
 //! thread serving other tasks meanwhile; replies are written in request order. A
-//! task has at most [`MAX_JOBS_PER_CONN`] jobs queued or running: then its session
+//! task has at most [`MAX_JOBS_PER_CONN`](crate::serve::offload::MAX_JOBS_PER_CONN) jobs queued or running: then its session
 //! pauses, the task stops reading, and each reply it writes makes room to parse the
 //! next held request. When the task ends (the client went), its queued jobs go.
 //!
@@ -39,14 +39,13 @@
 //! tens of thousands of clients, bounded by the descriptor limit and `--max-conns`
 //! (10,000 by default, reached on the 2-core development machine).
 
-use crate::protocol::{Flow, Job, Session, Sink};
+use crate::protocol::{Flow, Session};
 use crate::serve::accept::{ConnToken, Gate, after_accept_error};
-use crate::serve::offload::{INLINE_MAX_N, Lane, MAX_JOBS_PER_CONN, Pool};
+use crate::serve::offload::{Lane, Ordered, Pending, Pool};
 use crate::serve::{
     LINGER, READ_SIZE, Ready, ServeConfig, Shutdown, log_closed, log_io_error, log_open,
 };
 use anyhow::Context;
-use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -55,7 +54,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 pub fn run(
     listener: std::net::TcpListener,
@@ -192,7 +191,7 @@ async fn serve_conn(
                 within(cfg.idle_timeout, stream.write_all(&out.ready)).await?;
                 out.ready.clear();
             }
-            let Some(pending) = out.queue.pop_front() else {
+            let Some(pending) = out.take_next() else {
                 break;
             };
             let bytes = match pending {
@@ -201,7 +200,6 @@ async fn serve_conn(
                     let reply = reply
                         .await
                         .map_err(|_| io::Error::other("the offload pool dropped a job"))?;
-                    out.jobs -= 1;
                     if session.resume(&mut out) == Flow::Close {
                         flow = Flow::Close;
                     }
@@ -267,63 +265,9 @@ thread_local! {
 /// A reply buffer up to this capacity is kept for the next read's replies.
 const KEEP_CAPACITY: usize = 1024;
 
-/// A task's replies not yet written: `ready`, then `queue` (replies behind an
-/// offloaded job, with `--offload`).
-struct Replies {
-    ready: Vec<u8>,
-    queue: VecDeque<Pending>,
-    /// Offloaded jobs in `queue` (queued or running in the pool).
-    jobs: usize,
-    lane: Option<Lane>,
-}
-
-enum Pending {
-    Bytes(Vec<u8>),
-    Job(oneshot::Receiver<Vec<u8>>),
-}
-
-impl Replies {
-    fn new(lane: Option<Lane>) -> Replies {
-        Replies {
-            ready: Vec::new(),
-            queue: VecDeque::new(),
-            jobs: 0,
-            lane,
-        }
-    }
-}
-
-/// The sink: fib runs inline (the talk), or with `--offload` goes to the pool and
-/// holds its place; full at [`MAX_JOBS_PER_CONN`] jobs, which pauses the session.
-impl Sink for Replies {
-    fn bytes(&mut self, data: &[u8]) {
-        if self.queue.is_empty() {
-            self.ready.extend_from_slice(data);
-            return;
-        }
-        match self.queue.back_mut() {
-            Some(Pending::Bytes(b)) => b.extend_from_slice(data),
-            _ => self.queue.push_back(Pending::Bytes(data.to_vec())),
-        }
-    }
-    fn job(&mut self, job: Job) {
-        match &self.lane {
-            Some(lane) if job.n > INLINE_MAX_N => {
-                self.queue.push_back(Pending::Job(lane.submit(job)));
-                self.jobs += 1;
-            }
-            _ if self.queue.is_empty() => job.run(&mut self.ready),
-            _ => {
-                let mut reply = Vec::new(); // cheaper than the hand-off
-                job.run(&mut reply);
-                self.bytes(&reply);
-            }
-        }
-    }
-    fn full(&self) -> bool {
-        self.jobs >= MAX_JOBS_PER_CONN
-    }
-}
+/// A task's replies not yet written, in request order: the one ordered sink of
+/// every offloading model, with the pool's replies coming through channels.
+type Replies = Ordered<Lane>;
 
 /// Run an I/O future with the idle timeout, if any (`TimedOut` when it expires).
 async fn within<T>(

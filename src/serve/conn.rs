@@ -8,10 +8,11 @@
 //! the kernel's flow control pushes back on the client until it reads its replies.
 //! (One read's replies may overshoot the limit: at most a few times [`READ_SIZE`].)
 //!
-//! Offloading (`--offload`) slots in at the [`Sink`] impl below: without it `job`
-//! runs fib inline, which is the talk's point about event loops; with it the job
-//! goes to a worker pool ([`super::offload`]), its place in the reply order is
-//! held in a queue, and [`Conn::completed`] fills it when the worker answers.
+//! Offloading (`--offload`) slots in at the sink the session feeds, the one
+//! ordered sink [`Ordered`] every offloading model shares: without it `job` runs
+//! fib inline, which is the talk's point about event loops; with it the job goes
+//! to a worker pool ([`super::offload`]), its place in the reply order is held in
+//! a queue, and [`Conn::completed`] fills it when the worker answers.
 //! Offloaded jobs are bounded per connection: with
 //! [`offload::MAX_JOBS_PER_CONN`] of them queued or running the sink is full, the
 //! session pauses before the next request and keeps the unparsed bytes, and
@@ -25,9 +26,8 @@
 
 use super::LINGER;
 pub use super::READ_SIZE;
-use super::offload;
-use crate::protocol::{Flow, Job, Session, Sink};
-use std::collections::VecDeque;
+use super::offload::{self, Ordered};
+use crate::protocol::{Flow, Session, Sink};
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -90,69 +90,13 @@ enum Phase {
     Linger(Instant),
 }
 
-/// A reply waiting behind an offloaded job, in request order.
-#[derive(Debug)]
-enum Pending {
-    Bytes(Vec<u8>),
-    /// An offloaded job, by id, still running.
-    Job(u64),
-}
-
-/// Replies not yet written: `buf[sent..]`, then `queue` (replies behind a running
-/// offloaded job; empty unless `--offload`).
-#[derive(Debug, Default)]
-pub struct Outbox {
-    buf: Vec<u8>,
-    sent: usize,
-    queue: VecDeque<Pending>,
-    /// Bytes held in `queue`.
-    queued: usize,
-    /// Jobs in `queue`.
-    jobs: usize,
-    offload: Option<offload::Handle>,
-}
-
-/// The sink: bytes go straight to the unsent buffer unless a job is ahead of them;
-/// a job runs inline (the talk) or, with `--offload`, on the worker pool.
-impl Sink for Outbox {
-    fn bytes(&mut self, data: &[u8]) {
-        if self.queue.is_empty() {
-            self.buf.extend_from_slice(data);
-            return;
-        }
-        self.queued += data.len();
-        match self.queue.back_mut() {
-            Some(Pending::Bytes(b)) => b.extend_from_slice(data),
-            _ => self.queue.push_back(Pending::Bytes(data.to_vec())),
-        }
-    }
-    /// Full with [`offload::MAX_JOBS_PER_CONN`] jobs offloaded: the session stops
-    /// before the next request until one finishes.
-    fn full(&self) -> bool {
-        self.jobs >= offload::MAX_JOBS_PER_CONN
-    }
-    fn job(&mut self, job: Job) {
-        match &self.offload {
-            Some(pool) if job.n > offload::INLINE_MAX_N => {
-                let id = pool.submit(job);
-                self.queue.push_back(Pending::Job(id));
-                self.jobs += 1;
-            }
-            _ if self.queue.is_empty() => job.run(&mut self.buf),
-            _ => {
-                let mut reply = Vec::new();
-                job.run(&mut reply);
-                self.bytes(&reply);
-            }
-        }
-    }
-}
-
 /// One event-loop client.
 #[derive(Debug)]
 pub struct Conn {
     session: Session,
-    out: Outbox,
+    /// Replies in request order; `out.ready[sent..]` is not yet written.
+    out: Ordered<offload::Handle>,
+    sent: usize,
     phase: Phase,
     idle_timeout: Option<Duration>,
     last_progress: Instant,
@@ -174,10 +118,8 @@ impl Conn {
     ) -> Conn {
         Conn {
             session,
-            out: Outbox {
-                offload,
-                ..Outbox::default()
-            },
+            out: Ordered::new(offload),
+            sent: 0,
             phase: Phase::Open,
             idle_timeout,
             last_progress: Instant::now(),
@@ -191,7 +133,7 @@ impl Conn {
         match self.phase {
             Phase::Open => {
                 !self.session.is_paused()
-                    && self.unsent().len() + self.out.queued + self.in_flight < OUT_LIMIT
+                    && self.unsent().len() + self.out.queued_bytes() + self.in_flight < OUT_LIMIT
             }
             Phase::Linger(_) => true,
             Phase::Eof | Phase::Flush => false,
@@ -237,22 +179,8 @@ impl Conn {
     /// reply now ready is moved to the unsent buffer, and a paused session resumes
     /// on the held input (now that there is room for a job). False if `id` is not ours.
     pub fn completed(&mut self, id: u64, reply: Vec<u8>) -> bool {
-        let Some(slot) = self
-            .out
-            .queue
-            .iter_mut()
-            .find(|p| matches!(p, Pending::Job(j) if *j == id))
-        else {
+        if !self.out.complete(|job| *job == id, reply) {
             return false;
-        };
-        self.out.queued += reply.len();
-        self.out.jobs -= 1;
-        *slot = Pending::Bytes(reply);
-        while let Some(Pending::Bytes(_)) = self.out.queue.front() {
-            if let Some(Pending::Bytes(b)) = self.out.queue.pop_front() {
-                self.out.queued -= b.len();
-                self.out.buf.extend_from_slice(&b);
-            }
         }
         self.last_progress = Instant::now();
         self.resume();
@@ -274,13 +202,13 @@ impl Conn {
     /// requests held unparsed while the session is paused).
     pub fn owes(&self) -> bool {
         !self.unsent().is_empty()
-            || !self.out.queue.is_empty()
+            || self.out.waiting()
             || (matches!(self.phase, Phase::Open | Phase::Eof) && self.session.is_paused())
     }
 
     /// Replies waiting to be written.
     pub fn unsent(&self) -> &[u8] {
-        &self.out.buf[self.out.sent..]
+        &self.out.ready[self.sent..]
     }
 
     /// A write took `n` bytes of [`Conn::unsent`].
@@ -316,16 +244,17 @@ impl Conn {
 
     /// Forget the first `n` unsent bytes.
     fn consume(&mut self, n: usize) {
-        self.out.sent += n;
-        if self.out.sent == self.out.buf.len() {
-            self.out.buf.clear();
-            self.out.sent = 0;
-            if self.out.buf.capacity() > KEEP_CAPACITY {
-                self.out.buf = Vec::new();
+        self.sent += n;
+        let ready = &mut self.out.ready;
+        if self.sent == ready.len() {
+            ready.clear();
+            self.sent = 0;
+            if ready.capacity() > KEEP_CAPACITY {
+                *ready = Vec::new();
             }
-        } else if self.out.sent > OUT_LIMIT / 2 {
-            self.out.buf.drain(..self.out.sent);
-            self.out.sent = 0;
+        } else if self.sent > OUT_LIMIT / 2 {
+            ready.drain(..self.sent);
+            self.sent = 0;
         }
     }
 
@@ -334,7 +263,7 @@ impl Conn {
         self.idle_timeout.is_some_and(|idle| {
             now.duration_since(self.last_progress) >= idle
                 && !matches!(self.phase, Phase::Linger(_))
-                && self.out.jobs == 0
+                && self.out.jobs() == 0
         })
     }
 
@@ -465,6 +394,7 @@ impl Conn {
 mod tests {
     use super::*;
     use crate::protocol::ServiceSpec;
+    use std::collections::VecDeque;
 
     fn fib() -> Conn {
         Conn::new(ServiceSpec::Fib { max_n: 30 }.session(), None)
@@ -647,7 +577,7 @@ mod tests {
     fn complete_all(c: &mut Conn, mailbox: &offload::Mailbox) -> usize {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut completed = 0;
-        while !c.out.queue.is_empty() && Instant::now() < deadline {
+        while c.out.waiting() && Instant::now() < deadline {
             crate::serve::shutdown::poll_readable(
                 &[mailbox.fd()],
                 Some(Duration::from_millis(100)),
@@ -655,10 +585,10 @@ mod tests {
             for d in mailbox.take() {
                 assert!(c.completed(d.id, d.reply));
                 completed += 1;
-                assert!(c.out.jobs <= offload::MAX_JOBS_PER_CONN, "over the bound");
+                assert!(c.out.jobs() <= offload::MAX_JOBS_PER_CONN, "over the bound");
             }
         }
-        assert!(c.out.queue.is_empty(), "jobs never finished");
+        assert!(!c.out.waiting(), "jobs never finished");
         completed
     }
 
@@ -680,7 +610,7 @@ mod tests {
 "
             .repeat(1000),
         );
-        assert_eq!(c.out.jobs, offload::MAX_JOBS_PER_CONN);
+        assert_eq!(c.out.jobs(), offload::MAX_JOBS_PER_CONN);
         assert!(!c.wants_read(), "paused: not reading");
         assert_eq!(c.session.held(), 3 * (1000 - offload::MAX_JOBS_PER_CONN));
         assert!(c.owes());

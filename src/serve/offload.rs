@@ -11,10 +11,13 @@
 //!   becomes readable, which wakes the loop (mio registers it, select(2) and
 //!   io_uring poll it). `async` needs no mailbox: each job's reply comes back
 //!   through a tokio oneshot channel the connection's task awaits ([`Lane::submit`]);
-//! - [`Handle`]: what a connection's sink ([`super::conn::Outbox`]) holds to submit
-//!   a job whose reply goes to its loop's mailbox, tagged with its loop key. The
-//!   sink keeps the job's place in the reply order; [`super::conn::Conn::completed`]
-//!   fills it in, so replies on one connection still come back in request order.
+//! - [`Handle`]: what an event loop's connection holds to submit a job whose reply
+//!   goes to its loop's mailbox, tagged with its loop key;
+//! - [`Ordered`]: the one sink every offloading connection feeds its session into
+//!   (event loops inside [`super::conn::Conn`], `async` in its task): it keeps each
+//!   job's place in the reply order, and [`Ordered::complete`] (a mailbox reply) or
+//!   [`Ordered::take_next`] (an awaited channel) fills it in, so replies on one
+//!   connection come back in request order whichever job finishes first.
 //!
 //! Bounded: a connection has at most [`MAX_JOBS_PER_CONN`] jobs queued or running.
 //! Its sink then reports itself full, the protocol session stops parsing before the
@@ -37,7 +40,7 @@
 //! Job ids are unique for the life of the process, so a reply for a connection that
 //! has gone (and whose key may have been reused) is recognised and dropped.
 
-use crate::protocol::Job;
+use crate::protocol::{Job, Sink};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -421,9 +424,189 @@ impl Handle {
     }
 }
 
+/// How a connection hands a job to the pool, and what holds the job's place in its
+/// reply order until the reply comes: a job id for an event loop ([`Handle`]: the
+/// reply arrives in the loop's mailbox), a channel for an `async` task ([`Lane`]).
+pub trait Submit {
+    type Ticket;
+    fn submit(&self, job: Job) -> Self::Ticket;
+}
+
+impl Submit for Handle {
+    type Ticket = u64;
+    fn submit(&self, job: Job) -> u64 {
+        Handle::submit(self, job)
+    }
+}
+
+impl Submit for Lane {
+    type Ticket = oneshot::Receiver<Vec<u8>>;
+    fn submit(&self, job: Job) -> oneshot::Receiver<Vec<u8>> {
+        Lane::submit(self, job)
+    }
+}
+
+/// A reply in request order: bytes, or the place of an offloaded job.
+#[derive(Debug)]
+pub enum Pending<T> {
+    Bytes(Vec<u8>),
+    Job(T),
+}
+
+/// The one ordered sink every model with `--offload` feeds its session into (the
+/// event loops through [`super::conn::Conn`], `async` directly). Replies go to
+/// `ready` until a job is offloaded; from then on everything queues behind it, so
+/// replies on a connection leave in request order. Without a submitter (no
+/// `--offload`), or for a job up to fib([`INLINE_MAX_N`]), fib runs inline.
+/// Full at [`MAX_JOBS_PER_CONN`] jobs: the session stops before the next request
+/// until one finishes.
+#[derive(Debug)]
+pub struct Ordered<S: Submit> {
+    /// Replies ready to be written, in order.
+    pub ready: Vec<u8>,
+    queue: VecDeque<Pending<S::Ticket>>,
+    /// Bytes held in `queue`.
+    queued: usize,
+    /// Jobs in `queue`.
+    jobs: usize,
+    submit: Option<S>,
+}
+
+impl<S: Submit> Ordered<S> {
+    pub fn new(submit: Option<S>) -> Ordered<S> {
+        Ordered {
+            ready: Vec::new(),
+            queue: VecDeque::new(),
+            queued: 0,
+            jobs: 0,
+            submit,
+        }
+    }
+
+    /// Whether replies wait behind an offloaded job.
+    pub fn waiting(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Bytes waiting behind offloaded jobs.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Offloaded jobs not yet answered.
+    pub fn jobs(&self) -> usize {
+        self.jobs
+    }
+
+    /// The job whose ticket `is_it` picks has answered `reply`: it takes its place,
+    /// and every reply now ready moves to `ready`. False if no job matched.
+    pub fn complete(&mut self, is_it: impl Fn(&S::Ticket) -> bool, reply: Vec<u8>) -> bool {
+        let Some(slot) = self
+            .queue
+            .iter_mut()
+            .find(|p| matches!(p, Pending::Job(t) if is_it(t)))
+        else {
+            return false;
+        };
+        self.queued += reply.len();
+        self.jobs -= 1;
+        *slot = Pending::Bytes(reply);
+        while let Some(Pending::Bytes(_)) = self.queue.front() {
+            if let Some(Pending::Bytes(b)) = self.queue.pop_front() {
+                self.queued -= b.len();
+                self.ready.extend_from_slice(&b);
+            }
+        }
+        true
+    }
+
+    /// Take the next reply in order (for a writer that awaits each job in turn);
+    /// a job taken this way no longer counts against the bound.
+    pub fn take_next(&mut self) -> Option<Pending<S::Ticket>> {
+        let next = self.queue.pop_front()?;
+        match &next {
+            Pending::Bytes(b) => self.queued -= b.len(),
+            Pending::Job(_) => self.jobs -= 1,
+        }
+        Some(next)
+    }
+}
+
+impl<S: Submit> Sink for Ordered<S> {
+    fn bytes(&mut self, data: &[u8]) {
+        if self.queue.is_empty() {
+            self.ready.extend_from_slice(data);
+            return;
+        }
+        self.queued += data.len();
+        match self.queue.back_mut() {
+            Some(Pending::Bytes(b)) => b.extend_from_slice(data),
+            _ => self.queue.push_back(Pending::Bytes(data.to_vec())),
+        }
+    }
+    fn full(&self) -> bool {
+        self.jobs >= MAX_JOBS_PER_CONN
+    }
+    fn job(&mut self, job: Job) {
+        match &self.submit {
+            Some(pool) if job.n > INLINE_MAX_N => {
+                let ticket = pool.submit(job);
+                self.queue.push_back(Pending::Job(ticket));
+                self.jobs += 1;
+            }
+            _ if self.queue.is_empty() => job.run(&mut self.ready),
+            _ => {
+                let mut reply = Vec::new(); // cheaper than the hand-off
+                job.run(&mut reply);
+                self.bytes(&reply);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A submitter that numbers jobs instead of running them.
+    struct Numbered(std::cell::Cell<u32>);
+
+    impl Submit for Numbered {
+        type Ticket = u32;
+        fn submit(&self, _job: Job) -> u32 {
+            self.0.set(self.0.get() + 1);
+            self.0.get()
+        }
+    }
+
+    #[test]
+    fn the_ordered_sink_keeps_request_order_and_its_bound() {
+        let mut out = Ordered::new(Some(Numbered(std::cell::Cell::new(0))));
+        out.job(Job { n: 1 }); // small: inline
+        out.job(Job { n: 20 }); // ticket 1
+        out.bytes(b"x\n");
+        out.job(Job { n: 21 }); // ticket 2
+        out.job(Job { n: 2 }); // inline, but behind ticket 2
+        assert_eq!(out.ready, b"1\n");
+        assert_eq!((out.jobs(), out.queued_bytes()), (2, 2 + 2));
+        assert!(out.complete(|t| *t == 2, b"10946\n".to_vec()));
+        assert_eq!(out.ready, b"1\n", "ticket 1 is still ahead");
+        assert!(!out.complete(|t| *t == 7, Vec::new()), "not ours");
+        assert!(out.complete(|t| *t == 1, b"6765\n".to_vec()));
+        assert_eq!(out.ready, b"1\n6765\nx\n10946\n1\n");
+        assert!(!out.waiting());
+        assert_eq!((out.jobs(), out.queued_bytes()), (0, 0));
+        for n in 30..30 + MAX_JOBS_PER_CONN as u32 {
+            assert!(!out.full());
+            out.job(Job { n });
+        }
+        assert!(out.full());
+        assert!(matches!(out.take_next(), Some(Pending::Job(3))));
+        assert!(
+            !out.full(),
+            "a job taken by its awaiting writer leaves the bound"
+        );
+    }
     use std::time::{Duration, Instant};
 
     /// Wait (bounded) until `want` replies are in the mailbox.
