@@ -114,6 +114,10 @@ pub struct ModelInfo {
     pub workers: Workers,
     /// Its listener is bound with SO_REUSEPORT, so it can bind more on the address.
     pub reuse_port: bool,
+    /// `--fork` runs its `--workers` event loops as forked processes instead of
+    /// threads, each with its own descriptor table (nginx's `worker_processes`), so
+    /// the connections it holds are no longer bounded by one process's descriptors.
+    pub fork_loops: bool,
     /// A kernel feature it needs, checked before it starts.
     pub requires: Option<Requirement>,
 }
@@ -167,6 +171,7 @@ pub static REGISTRY: &[ModelInfo] = &[
         ceiling: Ceiling::One,
         workers: Workers::Unused,
         reuse_port: false,
+        fork_loops: false,
         requires: None,
     },
     ModelInfo {
@@ -178,6 +183,7 @@ pub static REGISTRY: &[ModelInfo] = &[
         ceiling: Ceiling::Threads,
         workers: Workers::Unused,
         reuse_port: false,
+        fork_loops: false,
         requires: None,
     },
     ModelInfo {
@@ -189,6 +195,7 @@ pub static REGISTRY: &[ModelInfo] = &[
         ceiling: Ceiling::Processes,
         workers: Workers::Unused,
         reuse_port: false,
+        fork_loops: false,
         requires: None,
     },
     ModelInfo {
@@ -200,6 +207,7 @@ pub static REGISTRY: &[ModelInfo] = &[
         ceiling: Ceiling::FdSetSize,
         workers: Workers::Unused,
         reuse_port: false,
+        fork_loops: false,
         requires: None,
     },
     ModelInfo {
@@ -211,6 +219,7 @@ pub static REGISTRY: &[ModelInfo] = &[
         ceiling: Ceiling::Descriptors,
         workers: Workers::Loops,
         reuse_port: false,
+        fork_loops: false,
         requires: None,
     },
     ModelInfo {
@@ -222,6 +231,7 @@ pub static REGISTRY: &[ModelInfo] = &[
         ceiling: Ceiling::Descriptors,
         workers: Workers::Unused,
         reuse_port: false,
+        fork_loops: false,
         requires: None,
     },
     ModelInfo {
@@ -233,6 +243,7 @@ pub static REGISTRY: &[ModelInfo] = &[
         ceiling: Ceiling::Workers,
         workers: Workers::Pool,
         reuse_port: false,
+        fork_loops: false,
         requires: None,
     },
     ModelInfo {
@@ -244,6 +255,7 @@ pub static REGISTRY: &[ModelInfo] = &[
         ceiling: Ceiling::Descriptors,
         workers: Workers::Loops,
         reuse_port: true,
+        fork_loops: true,
         requires: None,
     },
     ModelInfo {
@@ -255,6 +267,7 @@ pub static REGISTRY: &[ModelInfo] = &[
         ceiling: Ceiling::Workers,
         workers: Workers::Pool,
         reuse_port: false,
+        fork_loops: false,
         requires: None,
     },
     ModelInfo {
@@ -266,6 +279,7 @@ pub static REGISTRY: &[ModelInfo] = &[
         ceiling: Ceiling::Descriptors,
         workers: Workers::Unused,
         reuse_port: false,
+        fork_loops: false,
         requires: Some(Requirement {
             feature: "io_uring",
             available: uring::available,
@@ -396,6 +410,10 @@ mod tests {
                 m.name
             );
             assert!(m.workers != Workers::Loops || m.event_loop, "{}", m.name);
+            // --fork turns the loops --workers counts into processes.
+            if m.fork_loops {
+                assert!(m.workers == Workers::Loops && !m.forks, "{}", m.name);
+            }
             assert_eq!(
                 m.served_at_once(5).is_some(),
                 matches!(m.ceiling, Ceiling::One | Ceiling::Workers)

@@ -221,6 +221,7 @@ mod tests {
                 idle_timeout: None,
                 grace: GRACE,
                 offload: false,
+                fork: false,
             };
             let shutdown = Shutdown::unhooked().unwrap();
             serve_stream(&stream, cfg.service.session(), &cfg, &shutdown)

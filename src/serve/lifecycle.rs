@@ -237,6 +237,7 @@ mod tests {
             idle_timeout: None,
             grace: Duration::from_secs(3),
             offload: false,
+            fork: false,
         };
         Lifecycle::new(&cfg, Gate::new(cfg.max_conns), None).unwrap()
     }

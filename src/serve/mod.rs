@@ -24,6 +24,7 @@
 pub mod accept;
 pub mod blocking_conn;
 pub mod conn;
+pub mod fit;
 pub mod lifecycle;
 pub mod listener;
 pub mod offload;
@@ -77,6 +78,8 @@ pub struct ServeArgs {
     pub addr: String,
     #[arg(long, help = workers_help())]
     pub workers: Option<usize>,
+    #[arg(long, help = fit::fork_help())]
+    pub fork: bool,
     /// Echo reply prefix; --prefix '' gives plain echo (RFC 862)
     #[arg(long, default_value = DEFAULT_PREFIX)]
     pub prefix: String,
@@ -133,6 +136,9 @@ pub struct ServeConfig {
     pub grace: Duration,
     /// Event loops hand fib to a pool of `workers` threads (`--offload`).
     pub offload: bool,
+    /// `--fork`: the `workers` event loops run as forked processes (only for a
+    /// model whose row says `fork_loops`).
+    pub fork: bool,
 }
 
 impl ServeConfig {
@@ -178,6 +184,13 @@ impl ServeConfig {
                 args.model.name
             )));
         }
+        if args.fork && !args.model.fork_loops {
+            return Err(bad_input(format!(
+                "--fork is for models whose event loops can run as processes ({}), not {}",
+                crate::models::names_where(|m| m.fork_loops),
+                args.model.name
+            )));
+        }
         Ok(ServeConfig {
             service,
             workers,
@@ -185,6 +198,7 @@ impl ServeConfig {
             idle_timeout,
             grace: GRACE,
             offload: args.offload,
+            fork: args.fork,
         })
     }
 }
@@ -197,6 +211,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     model.check()?;
     if let Err(e) = crate::sys::raise_fd_limit() {
         tracing::warn!("cannot raise the descriptor limit: {e}");
+    }
+    if let Some(warning) = fit::fd_limit().and_then(|limit| fit::check(model, &cfg, limit)) {
+        tracing::warn!("{warning}");
     }
     let shutdown = Shutdown::install().context("installing SIGINT/SIGTERM handlers")?;
     let listener = listener::bind_with(&args.addr, model.reuse_port)?;
@@ -318,6 +335,14 @@ mod tests {
             assert_eq!(cfg.workers, m.default_workers(), "{}", m.name);
             let offload = config(&["--model", m.name, "--service", "fib", "--offload"]);
             assert_eq!(offload.is_ok(), m.event_loop, "{}", m.name);
+            let fork = config(&["--model", m.name, "--service", "echo", "--fork"]);
+            match fork {
+                Ok(cfg) => assert!(m.fork_loops && cfg.fork, "{}", m.name),
+                Err(e) => {
+                    assert!(!m.fork_loops, "{}: {e}", m.name);
+                    assert_eq!(crate::error::exit_code(&e), 2, "{}", m.name);
+                }
+            }
         }
     }
 

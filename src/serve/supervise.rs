@@ -1,7 +1,8 @@
-//! The fork supervisor behind `processes` (a child per client) and `prefork` (a
-//! fixed set of workers): forking, reaping, and stopping children, in one place.
+//! The fork supervisor behind `processes` (a child per client), `prefork` (a
+//! fixed set of workers) and `reuseport --fork` (a fixed set of event loops):
+//! forking, reaping, and stopping children, in one place.
 //!
-//! The two models differ only in *when* they fork and what a child runs; the rest
+//! The models differ only in *when* they fork and what a child runs; the rest
 //! is the same and easy to get subtly wrong, so it lives here:
 //!
 //! - **Forking safely.** fork() copies only the calling thread, so a lock another
@@ -46,6 +47,9 @@ const FINISH_TICK: Duration = Duration::from_millis(10);
 
 /// Exit status of a child whose work panicked.
 const PANICKED: i32 = 101;
+
+/// Exit status of a child whose work returned an error (logged first).
+const FAILED: i32 = 1;
 
 /// Forked children, each with the model's tag (a `--max-conns` token, a worker
 /// index) and the time it started.
@@ -96,6 +100,28 @@ impl<T> Supervisor<T> {
                 Ok(child)
             }
         }
+    }
+
+    /// [`Supervisor::spawn`] for work that can fail: an error is logged (one line,
+    /// naming the child's `what`) and the child exits with status 1.
+    pub fn spawn_fallible(
+        &mut self,
+        tag: T,
+        what: &str,
+        work: impl FnOnce() -> anyhow::Result<()>,
+    ) -> nix::Result<Pid> {
+        self.spawn(tag, || {
+            if let Err(e) = work() {
+                tracing::error!("{what}: {e:#}");
+                // SAFETY: _exit ends the child without running the parent's destructors.
+                unsafe { libc::_exit(FAILED) }
+            }
+        })
+    }
+
+    /// How many children are running.
+    pub fn running(&self) -> usize {
+        self.children.len()
     }
 
     /// Collect every child that has exited, without blocking; `exited` gets each.
