@@ -211,6 +211,27 @@ pub struct HoldReport {
     pub fd_limit: u64,
     pub rtt_us: Rtt,
     pub server: Option<ServerStats>,
+    /// The run in wall-clock time, Unix seconds: from the first connect to the end of
+    /// holding, so reports of agents run together can be lined up.
+    #[serde(default)]
+    pub window_start_unix: f64,
+    #[serde(default)]
+    pub window_end_unix: f64,
+    /// The round trip's parameters: echo payload bytes and prefix, fib n; and
+    /// `--duration` in seconds.
+    #[serde(default)]
+    pub size: usize,
+    #[serde(default)]
+    pub n: u32,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub duration_secs: f64,
+    /// Every verified round trip's latency (ns), in HdrHistogram's compressed V2
+    /// encoding, base64 (see `load::report::encode_histogram`): percentiles of
+    /// several agents come from adding these, never from averaging `rtt_us`.
+    #[serde(default)]
+    pub histogram: String,
 }
 
 impl HoldReport {
@@ -269,6 +290,7 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
         None => None,
     };
     let mut h = Hold::new(config, addr)?;
+    let wall_start = unix_now();
     let open_start = Instant::now();
     h.open_all()?;
     let open_secs = open_start.elapsed().as_secs_f64();
@@ -325,7 +347,33 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
         fd_limit,
         rtt_us: rtt,
         server,
+        window_start_unix: wall_start,
+        window_end_unix: wall_start + open_start.elapsed().as_secs_f64(),
+        size: if config.service == Service::Echo {
+            config.size
+        } else {
+            0
+        },
+        n: if config.service == Service::Fib {
+            config.n
+        } else {
+            0
+        },
+        prefix: if config.service == Service::Echo {
+            String::from_utf8_lossy(&config.prefix).into_owned()
+        } else {
+            String::new()
+        },
+        duration_secs: config.duration.as_secs_f64(),
+        histogram: crate::load::report::encode_histogram(&h.rtt),
     })
+}
+
+/// Now, in Unix seconds.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
