@@ -144,3 +144,19 @@ fn mix_measures_fib_1_beside_the_heavy_connection() {
     // fib(1) = 1 is "1\n"; fib(20) = 6765 is "6765\n".
     assert_eq!(v["bytes_received"].as_u64().unwrap(), light * 2 + heavy * 5);
 }
+
+#[test]
+fn requests_past_the_budget_counter_are_refused() {
+    let addr = dead_port_text();
+    for too_many in ["9223372036854775808", "18446744073709551616"] {
+        let (code, out, err) = concur(&["load", "--addr", &addr, "--requests", too_many]);
+        assert_eq!(code, 2, "{too_many}: {err}");
+        assert!(out.is_empty());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("--requests"), "{err}");
+    }
+}
+
+fn dead_port_text() -> String {
+    common::dead_port().to_string()
+}

@@ -156,6 +156,11 @@ struct Tally {
     heavy: Histogram<u64>,
     ok: u64,
     heavy_ok: u64,
+    /// Light requests issued, lost with a connection that failed, and still in flight
+    /// when the run ended: `sent = ok + failed + unfinished`.
+    sent: u64,
+    failed: u64,
+    unfinished: u64,
     errors: ErrorCounts,
     first_mismatch: Option<FirstMismatch>,
     bytes_sent: u64,
@@ -286,6 +291,7 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
     let mut heavy = histogram();
     let mut errors = ErrorCounts::default();
     let (mut ok, mut heavy_ok, mut sent, mut received) = (0, 0, 0, 0);
+    let (mut issued, mut failed, mut unfinished) = (0, 0, 0);
     let mut first_mismatch = None;
     let mut elapsed = Duration::ZERO;
     for t in tallies {
@@ -294,6 +300,9 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
         errors.add(&t.errors);
         ok += t.ok;
         heavy_ok += t.heavy_ok;
+        issued += t.sent;
+        failed += t.failed;
+        unfinished += t.unfinished;
         sent += t.bytes_sent;
         received += t.bytes_received;
         first_mismatch = first_mismatch.or(t.first_mismatch);
@@ -321,6 +330,9 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
         rate: config.rate,
         elapsed_secs: elapsed.as_secs_f64(),
         requests_ok: ok,
+        requests_sent: issued,
+        requests_failed: failed,
+        requests_unfinished: unfinished,
         errors_total: errors.total(),
         errors,
         first_mismatch,
@@ -577,6 +589,9 @@ fn run_thread(plan: &Plan, mine: &[usize], gate: &Gate) -> Result<Tally> {
         heavy: histogram(),
         ok: 0,
         heavy_ok: 0,
+        sent: 0,
+        failed: 0,
+        unfinished: 0,
         errors: ErrorCounts::default(),
         first_mismatch: None,
         bytes_sent: 0,
@@ -740,6 +755,9 @@ impl Loop<'_> {
             }
         }
         self.tally.elapsed = start.elapsed();
+        // What is still in flight is neither verified nor failed: count it, so that
+        // sent = ok + failed + unfinished holds exactly.
+        self.tally.unfinished = self.light_inflight as u64;
         Ok(())
     }
 
@@ -807,6 +825,7 @@ impl Loop<'_> {
             c.sent += 1;
             if !c.heavy {
                 self.light_inflight += 1;
+                self.tally.sent += 1;
             }
         }
         self.flush(i);
@@ -899,7 +918,8 @@ impl Loop<'_> {
         self.answered.push(i);
     }
 
-    /// Give a connection up: count why, close it, forget what it had in flight.
+    /// Give a connection up: count why (one error per connection) and every request
+    /// it had in flight (each one lost), then close it.
     fn fail(&mut self, i: usize, fail: Fail) {
         count(&mut self.tally.errors, fail);
         let c = &mut self.conns[i];
@@ -908,6 +928,7 @@ impl Loop<'_> {
         }
         if !c.heavy {
             self.light_inflight -= c.inflight.len();
+            self.tally.failed += c.inflight.len() as u64;
         }
         c.inflight.clear();
         self.live -= 1;

@@ -6,8 +6,10 @@
 //! 1. **Exact.** Every reply byte is checked ([`verify`]): echo payloads against
 //!    what was sent (with the talk's `Received: ` prefix allowed wherever the server's
 //!    reads were split), fib replies against the exact fib. Counts are exact too:
-//!    with `--requests R` exactly R requests are sent, and each is either verified
-//!    or counted as an error by kind ([`report::ErrorCounts`]).
+//!    every request sent is verified, lost with a connection that failed (whose
+//!    cause is counted once, by kind: [`report::ErrorCounts`]), or still in flight
+//!    when `--duration` ended, and the report says how many of each; with
+//!    `--requests R`, R are sent unless every connection failed first.
 //! 2. **Honest latency.** Closed loop (the default) keeps `--pipeline` requests in
 //!    flight per connection. Open loop (`--rate`) sends on a fixed schedule and counts
 //!    latency from each request's *intended* send time, so a server that stalls
@@ -90,6 +92,10 @@ pub fn parse_mix(text: &str) -> Result<u32, String> {
     }
     Ok(k)
 }
+
+/// The largest `--requests`: the shared budget is a signed 64-bit counter (threads
+/// may claim past zero before they see it spent).
+pub const MAX_REQUESTS: u64 = i64::MAX as u64;
 
 /// The largest n whose fib the verifier knows exactly (u128).
 pub const MAX_FIB_N: u32 = 185;
@@ -223,6 +229,11 @@ impl LoadConfig {
         }
         if self.requests == Some(0) {
             return Err(bad_input("--requests must be at least 1"));
+        }
+        if self.requests.is_some_and(|r| r > MAX_REQUESTS) {
+            return Err(bad_input(format!(
+                "--requests must be at most {MAX_REQUESTS}"
+            )));
         }
         if self.duration == Some(Duration::ZERO) {
             return Err(bad_input("--duration must be more than 0"));
@@ -358,8 +369,14 @@ mod tests {
         c.conns = 1;
         c.threads = 1;
         assert!(c.validate().is_err(), "mix needs two connections");
-        let mut c = ok;
+        let mut c = ok.clone();
         c.threads = 11;
         assert!(c.validate().is_err());
+        let mut c = ok;
+        c.requests = Some(MAX_REQUESTS);
+        assert!(c.validate().is_ok());
+        c.requests = Some(MAX_REQUESTS + 1);
+        let e = c.validate().unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 2, "{e}");
     }
 }

@@ -157,6 +157,18 @@ pub struct LoadReport {
     pub elapsed_secs: f64,
     /// Replies verified byte for byte (with `--mix`, the light requests only).
     pub requests_ok: u64,
+    /// Requests issued (with `--mix`, the light ones): every one is either verified
+    /// (`requests_ok`), lost with a connection that failed (`requests_failed`: the one
+    /// that failed and any pipelined behind it), or still in flight when `--duration`
+    /// ended (`requests_unfinished`). `requests_sent = requests_ok + requests_failed +
+    /// requests_unfinished`, exactly.
+    #[serde(default)]
+    pub requests_sent: u64,
+    #[serde(default)]
+    pub requests_failed: u64,
+    #[serde(default)]
+    pub requests_unfinished: u64,
+    /// Failures by kind: one per connection given up (a refused connect sent nothing).
     pub errors_total: u64,
     pub errors: ErrorCounts,
     pub first_mismatch: Option<FirstMismatch>,
@@ -259,6 +271,13 @@ pub fn render(r: &LoadReport) -> String {
         "requests ok {}   errors {}   {:.0} req/s   {:.2} MB/s",
         r.requests_ok, r.errors_total, r.req_per_s, r.mb_per_s
     );
+    if r.requests_failed + r.requests_unfinished > 0 {
+        let _ = writeln!(
+            out,
+            "requests sent {}   = ok {} + lost to errors {} + unfinished at the end {}",
+            r.requests_sent, r.requests_ok, r.requests_failed, r.requests_unfinished
+        );
+    }
     if r.errors_total > 0 {
         let e = &r.errors;
         let _ = writeln!(
