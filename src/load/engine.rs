@@ -350,6 +350,7 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
         }),
         window_start_unix,
         window_end_unix: window_start_unix + elapsed.as_secs_f64(),
+        start_late_secs: None,
         size: if config.service == Service::Echo {
             config.size
         } else {

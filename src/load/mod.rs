@@ -24,6 +24,7 @@
 //! command line's, which prints the report and returns the exit status.
 
 pub mod engine;
+pub mod merge;
 pub mod report;
 pub mod verify;
 
@@ -329,6 +330,76 @@ pub fn run(args: &LoadArgs) -> Result<u8> {
         }
     }
     Ok(report.exit_code())
+}
+
+/// `concur merge` on the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MergeArgs {
+    /// Reports of `concur load --json` (or of earlier merges): files, or - for standard
+    /// input; a file may hold several reports one after another
+    #[arg(required = true, value_name = "REPORT")]
+    pub reports: Vec<String>,
+    /// Print one JSON object (the schema of `concur load --json`) instead of the table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Read every report in `text` (one JSON object after another), naming each.
+fn parse_reports(source: &str, text: &str) -> Result<Vec<(String, LoadReport)>> {
+    let mut out = Vec::new();
+    for (i, value) in serde_json::Deserializer::from_str(text)
+        .into_iter::<serde_json::Value>()
+        .enumerate()
+    {
+        let value = value.map_err(|e| bad_input(format!("{source}: not JSON: {e}")))?;
+        let name = if i == 0 {
+            source.to_string()
+        } else {
+            format!("{source}#{}", i + 1)
+        };
+        if value.get("rtt_us").is_some() {
+            return Err(bad_input(format!(
+                "{name}: a `concur hold` report; merge takes `concur load --json` reports"
+            )));
+        }
+        let report: LoadReport = serde_json::from_value(value)
+            .map_err(|e| bad_input(format!("{name}: not a `concur load --json` report: {e}")))?;
+        out.push((name, report));
+    }
+    if out.is_empty() {
+        return Err(bad_input(format!("{source}: no report in it")));
+    }
+    Ok(out)
+}
+
+/// `concur merge`: read the reports, merge them exactly, print, return the exit status
+/// (that of one load run: 0 only if nothing failed and something was verified).
+pub fn run_merge(args: &MergeArgs) -> Result<u8> {
+    use std::io::Read as _;
+    let mut reports = Vec::new();
+    for source in &args.reports {
+        let text = if source == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| anyhow::anyhow!("reading standard input: {e}"))?;
+            text
+        } else {
+            std::fs::read_to_string(source).map_err(|e| bad_input(format!("{source}: {e}")))?
+        };
+        let name = if source == "-" { "stdin" } else { source };
+        reports.extend(parse_reports(name, &text)?);
+    }
+    let merged = merge::merge(&reports).map_err(|e| bad_input(e.to_string()))?;
+    for w in &merged.merge_warnings {
+        eprintln!("warning: {w}");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&merged)?);
+    } else {
+        print!("{}", report::render(&merged));
+    }
+    Ok(merged.exit_code())
 }
 
 #[cfg(test)]

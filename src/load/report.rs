@@ -190,6 +190,9 @@ pub struct LoadReport {
     pub window_start_unix: f64,
     #[serde(default)]
     pub window_end_unix: f64,
+    /// With `--start-at`: how late the first request went out after the time asked.
+    #[serde(default)]
+    pub start_late_secs: Option<f64>,
     /// The parameters a merge must see equal (the protocol spoken): echo payload size
     /// and prefix, fib n and terminator.
     #[serde(default)]
@@ -266,6 +269,16 @@ pub fn render(r: &LoadReport) -> String {
         "{} {} | {} loop{rate} | {} conns, pipeline {}, {} thread(s) | {:.2} s",
         r.service, r.addr, r.mode, r.conns, r.pipeline, r.threads, r.elapsed_secs
     );
+    if r.agents > 1 {
+        let _ = writeln!(
+            out,
+            "merged from {} agents; the window they shared: {:.3} to {:.3} (Unix seconds)",
+            r.agents, r.window_start_unix, r.window_end_unix
+        );
+    }
+    for w in &r.merge_warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
     let _ = writeln!(
         out,
         "requests ok {}   errors {}   {:.0} req/s   {:.2} MB/s",

@@ -1,0 +1,106 @@
+//! `concur merge` as a script sees it, and several `concur load` agents merged exactly.
+
+mod common;
+
+use common::{Fault, echo, fib, serve};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn concur(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_concur"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run concur");
+    let input = child.stdin.take();
+    if let (Some(mut pipe), Some(bytes)) = (input, stdin) {
+        pipe.write_all(bytes).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait for concur");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One agent's `--json` report, written to a file in `dir`.
+fn agent(dir: &std::path::Path, name: &str, args: &[&str]) -> (std::path::PathBuf, String) {
+    let (code, out, err) = concur(&[&["load", "--json"], args].concat(), None);
+    assert_eq!(code, 0, "{err}");
+    let path = dir.join(name);
+    std::fs::write(&path, &out).unwrap();
+    (path, out)
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("concur-merge-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn files_and_stdin_merge_and_nest() {
+    let dir = temp_dir("cli");
+    let addr = serve(echo(), Fault::None).to_string();
+    let base = ["--addr", &addr, "--conns", "2", "--requests", "300"];
+    let (a, a_json) = agent(&dir, "a.json", &base);
+    let (b, _) = agent(&dir, "b.json", &base);
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+
+    let (code, out, err) = concur(&["merge", "--json", a, b], None);
+    assert_eq!(code, 0, "{err}");
+    let m: concur::load::LoadReport = serde_json::from_str(&out).expect("load schema");
+    assert_eq!((m.requests_ok, m.requests_sent, m.agents), (600, 600, 2));
+    assert_eq!(m.conns, 4);
+    let h = concur::load::report::decode_histogram(&m.histogram).unwrap();
+    assert_eq!(h.len(), 600);
+    std::fs::write(dir.join("ab.json"), &out).unwrap();
+
+    // Standard input may hold several reports; a merge merges like a report.
+    let (code, out, err) = concur(
+        &[
+            "merge",
+            "--json",
+            "-",
+            dir.join("ab.json").to_str().unwrap(),
+        ],
+        Some(a_json.as_bytes()),
+    );
+    assert_eq!(code, 0, "{err}");
+    let m: concur::load::LoadReport = serde_json::from_str(&out).unwrap();
+    assert_eq!((m.requests_ok, m.agents), (900, 3));
+
+    // The table says how many agents and what they shared.
+    let (code, out, _) = concur(&["merge", a, b], None);
+    assert_eq!(code, 0);
+    assert!(out.contains("merged from 2 agents"), "{out}");
+    assert!(out.contains("requests ok 600"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn different_services_are_refused_in_one_line() {
+    let dir = temp_dir("mismatch");
+    let e = serve(echo(), Fault::None).to_string();
+    let f = serve(fib(), Fault::None).to_string();
+    let (a, _) = agent(&dir, "echo.json", &["--addr", &e, "--requests", "50"]);
+    let (b, _) = agent(
+        &dir,
+        "fib.json",
+        &["--addr", &f, "--service", "fib", "--requests", "50"],
+    );
+    let (code, out, err) = concur(&["merge", a.to_str().unwrap(), b.to_str().unwrap()], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("service") && err.contains("fib.json"), "{err}");
+
+    let (code, _, err) = concur(&["merge", "-"], Some(b"{\"not\": 1}"));
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    let (code, _, err) = concur(&["merge", "/nonexistent/report.json"], None);
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
