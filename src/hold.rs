@@ -82,6 +82,9 @@ pub struct HoldArgs {
     /// The echo server's prefix ('' for plain echo)
     #[arg(long, default_value = crate::protocol::echo::DEFAULT_PREFIX)]
     pub prefix: String,
+    /// Wait until this time (Unix seconds or RFC 3339), then start opening connections
+    #[arg(long, value_parser = crate::load::parse_start_at, value_name = "TIME")]
+    pub start_at: Option<std::time::SystemTime>,
     /// Print one JSON object on stdout instead of the table
     #[arg(long)]
     pub json: bool,
@@ -105,6 +108,8 @@ pub struct HoldConfig {
     pub size: usize,
     /// The fib n of the round trip.
     pub n: u32,
+    /// `--start-at`: open the first connection at this time.
+    pub start_at: Option<std::time::SystemTime>,
 }
 
 impl HoldConfig {
@@ -123,6 +128,7 @@ impl HoldConfig {
             prefix: crate::protocol::echo::DEFAULT_PREFIX.as_bytes().to_vec(),
             size: 16,
             n: 10,
+            start_at: None,
         }
     }
 }
@@ -138,6 +144,7 @@ impl HoldArgs {
             batch: self.batch,
             in_flight: self.in_flight,
             prefix: self.prefix.as_bytes().to_vec(),
+            start_at: self.start_at,
             ..HoldConfig::new(self.addr.clone(), self.conns)
         }
     }
@@ -217,6 +224,9 @@ pub struct HoldReport {
     pub window_start_unix: f64,
     #[serde(default)]
     pub window_end_unix: f64,
+    /// With `--start-at`: how late the first connect went out after the time asked.
+    #[serde(default)]
+    pub start_late_secs: Option<f64>,
     /// The round trip's parameters: echo payload bytes and prefix, fib n; and
     /// `--duration` in seconds.
     #[serde(default)]
@@ -290,6 +300,9 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
         None => None,
     };
     let mut h = Hold::new(config, addr)?;
+    if let Some(at) = config.start_at {
+        crate::load::wait_until(at);
+    }
     let wall_start = unix_now();
     let open_start = Instant::now();
     h.open_all()?;
@@ -349,6 +362,9 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
         server,
         window_start_unix: wall_start,
         window_end_unix: wall_start + open_start.elapsed().as_secs_f64(),
+        start_late_secs: config
+            .start_at
+            .map(|at| (wall_start - crate::load::unix_secs(at)).max(0.0)),
         size: if config.service == Service::Echo {
             config.size
         } else {
@@ -802,6 +818,9 @@ pub fn render(r: &HoldReport) -> String {
         r.source_addrs.max(1),
         r.fd_limit
     );
+    if let Some(late) = r.start_late_secs {
+        let _ = writeln!(out, "started {late:.6} s after --start-at");
+    }
     let _ = writeln!(
         out,
         "opened {}/{} in {:.3} s   failed {}",

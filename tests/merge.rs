@@ -104,3 +104,85 @@ fn different_services_are_refused_in_one_line() {
     assert_eq!((code, err.lines().count()), (2, 1), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Now plus `secs`, in Unix seconds, as `--start-at` takes it.
+fn unix_in(secs: f64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    format!("{:.3}", now + secs)
+}
+
+#[test]
+fn start_at_starts_no_earlier_and_agents_with_a_duration_stop_together() {
+    let addr = serve(echo(), Fault::None).to_string();
+    let at = unix_in(1.0);
+    let at_secs: f64 = at.parse().unwrap();
+    let args = [
+        "load",
+        "--json",
+        "--addr",
+        &addr,
+        "--conns",
+        "2",
+        "--duration",
+        "300ms",
+        "--start-at",
+        &at,
+    ];
+    let agents: Vec<_> = (0..2)
+        .map(|_| {
+            let args = args.map(str::to_string);
+            std::thread::spawn(move || {
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                concur(&refs, None)
+            })
+        })
+        .collect();
+    let reports: Vec<concur::load::LoadReport> = agents
+        .into_iter()
+        .map(|a| {
+            let (code, out, err) = a.join().unwrap();
+            assert_eq!(code, 0, "{err}");
+            serde_json::from_str(&out).unwrap()
+        })
+        .collect();
+    for r in &reports {
+        // Not before the time asked, and the lateness reported is the window's.
+        assert!(r.window_start_unix >= at_secs, "{r:?}");
+        let late = r.start_late_secs.expect("lateness reported");
+        let rounding = r.window_start_unix * f64::EPSILON * 4.0;
+        assert!((r.window_start_unix - at_secs - late).abs() <= rounding);
+        assert!(r.requests_ok > 0);
+    }
+    // Both end at the time asked plus the duration (each ends at its first look at
+    // the clock past it), so each one's window overlaps the other's end.
+    let (a, b) = (&reports[0], &reports[1]);
+    assert!(a.window_start_unix < b.window_end_unix && b.window_start_unix < a.window_end_unix);
+    let end = at_secs + 0.3;
+    assert!(a.window_end_unix >= end - 1e-3 && b.window_end_unix >= end - 1e-3);
+
+    // hold takes it too, and says how late it started.
+    let (code, out, err) = concur(
+        &[
+            "hold",
+            "--json",
+            "--addr",
+            &addr,
+            "--conns",
+            "3",
+            "--duration",
+            "10ms",
+            "--start-at",
+            &unix_in(0.2),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let h: concur::hold::HoldReport = serde_json::from_str(&out).unwrap();
+    assert!(h.start_late_secs.is_some());
+
+    let (code, _, err) = concur(&["load", "--addr", &addr, "--start-at", "soon"], None);
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+}

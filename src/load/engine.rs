@@ -211,7 +211,14 @@ pub(super) fn run(config: &LoadConfig, addr: SocketAddr) -> Result<LoadReport> {
         gate.wait_for(threads);
         let start = Instant::now();
         let wall_start = SystemTime::now();
-        let end = plan.duration.map(|d| start + d);
+        // With --start-at, the duration counts from the time asked, not from this
+        // agent's (later) start: agents given the same time and duration stop together.
+        let anchor = config
+            .start_at
+            .and_then(|at| SystemTime::now().duration_since(at).ok())
+            .and_then(|late| start.checked_sub(late))
+            .unwrap_or(start);
+        let end = plan.duration.map(|d| anchor + d);
         gate.open(Some(Start { at: start, end }));
         let cpu_before = (
             crate::sys::cpu_self_and_children(),

@@ -34,7 +34,7 @@ use crate::error::bad_input;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Which of the talk's protocols to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -78,6 +78,107 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("'{text}' is too long"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parse `--start-at`: Unix seconds (`1767225600`, `1767225600.5`) or an RFC 3339
+/// time (`2026-01-01T00:00:00Z`, `2026-01-01T01:00:00.250+01:00`).
+pub fn parse_start_at(text: &str) -> Result<SystemTime, String> {
+    let t = text.trim();
+    let bad = || {
+        format!(
+            "'{text}' is not a time; write Unix seconds (e.g. $(( $(date +%s) + 5 ))) or \
+             RFC 3339 (e.g. 2026-01-01T12:00:00Z)"
+        )
+    };
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        let secs: f64 = t.parse().map_err(|_| bad())?;
+        return Ok(UNIX_EPOCH + Duration::from_secs_f64(secs));
+    }
+    let secs = rfc3339_unix(t).ok_or_else(bad)?;
+    if secs < 0.0 {
+        return Err(format!("'{text}' is before 1970"));
+    }
+    Ok(UNIX_EPOCH + Duration::from_secs_f64(secs))
+}
+
+/// `YYYY-MM-DD(T| )HH:MM:SS[.frac](Z|±HH:MM)` to Unix seconds.
+fn rfc3339_unix(t: &str) -> Option<f64> {
+    let b = t.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = t.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 {
+        return None;
+    }
+    if sec > 60 {
+        return None;
+    }
+    let mut rest = &t[19..];
+    let mut frac = 0.0;
+    if let Some(r) = rest.strip_prefix('.') {
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        frac = format!("0.{}", &r[..digits]).parse().ok()?;
+        rest = &r[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let o = rest.as_bytes();
+            if o.len() != 6 || o[3] != b':' {
+                return None;
+            }
+            let (h, m) = (
+                rest[1..3].parse::<i64>().ok()?,
+                rest[4..6].parse::<i64>().ok()?,
+            );
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset;
+    Some(secs as f64 + frac)
+}
+
+/// Sleep until `at` (wall clock); a time already past returns at once.
+pub fn wait_until(at: SystemTime) {
+    while let Ok(left) = at.duration_since(SystemTime::now()) {
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left);
+    }
+}
+
+/// A wall-clock time in Unix seconds.
+pub fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Parse `--mix heavy=K`.
@@ -149,6 +250,11 @@ pub struct LoadArgs {
     /// The server's process id: also report its CPU time per request (from /proc)
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+    /// Wait until this time (Unix seconds or RFC 3339), then start; with --duration the
+    /// run ends at this time plus the duration, so agents given the same both start
+    /// and stop together
+    #[arg(long, value_parser = parse_start_at, value_name = "TIME")]
+    pub start_at: Option<SystemTime>,
     /// Print one JSON object on stdout instead of the table
     #[arg(long)]
     pub json: bool,
@@ -178,6 +284,8 @@ pub struct LoadConfig {
     pub progress: bool,
     /// Report this process's CPU time per request beside the load generator's.
     pub server_pid: Option<u32>,
+    /// `--start-at`: connect and start at this time; `--duration` counts from it.
+    pub start_at: Option<SystemTime>,
 }
 
 impl LoadConfig {
@@ -200,6 +308,7 @@ impl LoadConfig {
             threads: 1,
             progress: false,
             server_pid: None,
+            start_at: None,
         }
     }
 
@@ -297,6 +406,7 @@ impl LoadArgs {
             threads: self.threads,
             progress: std::io::stderr().is_terminal(),
             server_pid: self.server_pid,
+            start_at: self.start_at,
         }
     }
 }
@@ -315,7 +425,17 @@ pub fn run_load(config: &LoadConfig) -> Result<LoadReport> {
             config.conns
         )));
     }
-    engine::run(config, addr)
+    // Connections open after the wait, not before: a server's idle timeout cannot
+    // close them while this agent waits for the others.
+    if let Some(at) = config.start_at {
+        wait_until(at);
+    }
+    let mut report = engine::run(config, addr)?;
+    // How late the first request went out: the wait's own wake-up plus connecting.
+    report.start_late_secs = config
+        .start_at
+        .map(|at| (report.window_start_unix - unix_secs(at)).max(0.0));
+    Ok(report)
 }
 
 /// `concur load`: run, print the table (or JSON), return the exit status.
@@ -418,6 +538,33 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn start_times() {
+        let unix = |t: &str| {
+            parse_start_at(t)
+                .unwrap()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+        };
+        assert_eq!(unix("1767225600"), 1_767_225_600.0);
+        assert_eq!(unix("1767225600.5"), 1_767_225_600.5);
+        assert_eq!(unix("2026-01-01T00:00:00Z"), 1_767_225_600.0);
+        assert_eq!(unix("1970-01-01T00:00:00Z"), 0.0);
+        assert_eq!(unix("2000-02-29T12:34:56Z"), 951_827_696.0);
+        assert_eq!(unix("2026-01-01T01:00:00.25+01:00"), 1_767_225_600.25);
+        assert_eq!(unix("2025-12-31 19:00:00-05:00"), 1_767_225_600.0);
+        for bad in [
+            "",
+            "soon",
+            "2026-13-01T00:00:00Z",
+            "2026-01-01T00:00:00",
+            "2026-01-01",
+        ] {
+            assert!(parse_start_at(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -276,6 +276,9 @@ pub fn render(r: &LoadReport) -> String {
             r.agents, r.window_start_unix, r.window_end_unix
         );
     }
+    if let Some(late) = r.start_late_secs {
+        let _ = writeln!(out, "started {:.6} s after --start-at", late);
+    }
     for w in &r.merge_warnings {
         let _ = writeln!(out, "warning: {w}");
     }
