@@ -1,10 +1,14 @@
 //! `concur merge` as a script sees it, and several `concur load` agents merged exactly.
 
 mod common;
+mod serve_harness;
 
 use common::{Fault, echo, fib, serve};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 fn concur(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_concur"))
@@ -185,4 +189,122 @@ fn start_at_starts_no_earlier_and_agents_with_a_duration_stop_together() {
 
     let (code, _, err) = concur(&["load", "--addr", &addr, "--start-at", "soon"], None);
     assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+}
+
+/// A TCP relay in front of the server that counts, exactly, the bytes it delivered to
+/// the server and those the server sent back. /proc/PID/io's `rchar` would be the
+/// server's own count, but concur's servers read sockets with recv(2) or io_uring,
+/// which it does not count (it stays at 0 here); the relay sees every byte instead.
+struct Relay {
+    addr: std::net::SocketAddr,
+    to_server: Arc<AtomicU64>,
+    to_clients: Arc<AtomicU64>,
+}
+
+fn relay(upstream: std::net::SocketAddr) -> Relay {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let to_server = Arc::new(AtomicU64::new(0));
+    let to_clients = Arc::new(AtomicU64::new(0));
+    let (up, down) = (to_server.clone(), to_clients.clone());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(upstream) else {
+                continue;
+            };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let pipe = |mut from: TcpStream, mut to: TcpStream, count: Arc<AtomicU64>| {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        // Counted before it is passed on: by the time the other side
+                        // has it, the count includes it.
+                        count.fetch_add(n as u64, Ordering::SeqCst);
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            };
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            pipe(client, server, up.clone());
+            pipe(s2, c2, down.clone());
+        }
+    });
+    Relay {
+        addr,
+        to_server,
+        to_clients,
+    }
+}
+
+#[test]
+fn three_agents_merged_match_what_the_server_was_sent() {
+    let server = serve_harness::Server::start("epoll", "echo", &[]);
+    let relay = relay(server.addr);
+    let addr = relay.addr.to_string();
+    let dir = temp_dir("three");
+    let at = unix_in(1.0);
+    let agents: Vec<_> = (0..3)
+        .map(|i| {
+            let (addr, at, dir) = (addr.clone(), at.clone(), dir.clone());
+            std::thread::spawn(move || {
+                let requests = (400 + 100 * i).to_string();
+                let args = [
+                    "--addr",
+                    &addr,
+                    "--conns",
+                    "3",
+                    "--pipeline",
+                    "2",
+                    "--requests",
+                    &requests,
+                    "--start-at",
+                    &at,
+                ];
+                agent(&dir, &format!("agent{i}.json"), &args)
+            })
+        })
+        .collect();
+    let files: Vec<_> = agents.into_iter().map(|a| a.join().unwrap()).collect();
+    let reports: Vec<concur::load::LoadReport> = files
+        .iter()
+        .map(|(_, json)| serde_json::from_str(json).unwrap())
+        .collect();
+    let paths: Vec<&str> = files.iter().map(|(p, _)| p.to_str().unwrap()).collect();
+    let (code, out, err) = concur(&[&["merge", "--json"], &paths[..]].concat(), None);
+    assert_eq!(code, 0, "{err}");
+    let merged: concur::load::LoadReport = serde_json::from_str(&out).unwrap();
+
+    let sum = |f: fn(&concur::load::LoadReport) -> u64| reports.iter().map(f).sum::<u64>();
+    assert_eq!(merged.requests_ok, sum(|r| r.requests_ok));
+    assert_eq!(merged.requests_ok, 400 + 500 + 600);
+    assert_eq!(merged.requests_sent, merged.requests_ok);
+    assert_eq!(merged.bytes_sent, sum(|r| r.bytes_sent));
+    assert_eq!(merged.bytes_received, sum(|r| r.bytes_received));
+    assert!(
+        merged.merge_warnings.is_empty(),
+        "{:?}",
+        merged.merge_warnings
+    );
+    let h = concur::load::report::decode_histogram(&merged.histogram).unwrap();
+    assert_eq!(h.len(), merged.requests_ok);
+
+    // The server's side: it was delivered exactly the verified requests' 64 bytes
+    // each (every reply came back, so every request had reached it), and it sent
+    // exactly what the agents received.
+    let to_server = relay.to_server.load(Ordering::SeqCst);
+    assert_eq!(to_server, merged.requests_ok * 64);
+    assert_eq!(to_server, merged.bytes_sent);
+    assert_eq!(
+        relay.to_clients.load(Ordering::SeqCst),
+        merged.bytes_received
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
