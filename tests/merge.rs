@@ -308,3 +308,170 @@ fn three_agents_merged_match_what_the_server_was_sent() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Network namespaces made by the multi-host test, deleted (with every link in them)
+/// when dropped, whether the test passed or panicked; the server process with them.
+struct Hosts {
+    names: Vec<String>,
+    server: Option<std::process::Child>,
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+impl Hosts {
+    /// `ip ARGS`, which must succeed.
+    fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Add a namespace; false (nothing made) if the kernel or our rights refuse.
+    fn add(&mut self, ns: &str) -> bool {
+        let ok = Command::new("ip")
+            .args(["netns", "add", ns])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            self.names.push(ns.to_string());
+        }
+        ok
+    }
+}
+
+#[test]
+fn agents_on_three_hosts_in_network_namespaces_merge() {
+    // Hosts: a server and three agents, each a network namespace with one veth,
+    // joined by a bridge in a fifth ("switch") namespace; 10.77.0.0/24 exists only
+    // inside them, so no traffic leaves them and nothing outside changes.
+    let tag = format!("concur-{}", std::process::id());
+    let mut hosts = Hosts {
+        names: Vec::new(),
+        server: None,
+    };
+    let switch = format!("{tag}-sw");
+    if !hosts.add(&switch) {
+        eprintln!(
+            "SKIPPED agents_on_three_hosts_in_network_namespaces_merge: `ip netns add` is \
+             not permitted here (needs root and a kernel with network namespaces, and iproute2)"
+        );
+        return;
+    }
+    hosts.ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
+    hosts.ip(&["-n", &switch, "link", "set", "br0", "up"]);
+    let names = ["srv", "a1", "a2", "a3"];
+    for (i, name) in names.iter().enumerate() {
+        let ns = format!("{tag}-{name}");
+        assert!(hosts.add(&ns), "ip netns add {ns}");
+        let port = format!("p{i}");
+        hosts.ip(&[
+            "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
+            &switch,
+        ]);
+        hosts.ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"]);
+        let addr = format!("10.77.0.{}/24", i + 1);
+        hosts.ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+        hosts.ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        hosts.ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    }
+    let exe = env!("CARGO_BIN_EXE_concur");
+    let netns_exec = |name: &str| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &format!("{tag}-{name}"), exe]);
+        c
+    };
+    // The server host: `ip netns exec` execs concur in place, so the child is it.
+    let mut server = netns_exec("srv")
+        .args(["serve", "--model", "epoll", "--service", "echo"])
+        .args(["--addr", "10.77.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the server host");
+    let stdout = server.stdout.take().unwrap();
+    hosts.server = Some(server);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the server's listening line");
+    let addr = line
+        .strip_prefix("listening on ")
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("bad listening line {line:?}"))
+        .to_string();
+    assert!(addr.starts_with("10.77.0.1:"), "{addr}");
+
+    // The launcher is `ip netns exec`, as ssh would be on real hosts.
+    let at = unix_in(1.0);
+    let agents: Vec<_> = ["a1", "a2", "a3"]
+        .iter()
+        .map(|name| {
+            netns_exec(name)
+                .args(["load", "--json", "--addr", &addr, "--conns", "3"])
+                .args(["--requests", "500", "--start-at", &at])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start an agent host")
+        })
+        .collect();
+    let mut all = String::new();
+    let mut reports = Vec::new();
+    for a in agents {
+        let out = a.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: concur::load::LoadReport = serde_json::from_str(&text).unwrap();
+        reports.push(r);
+        all.push_str(&text);
+    }
+    // All three reports on one stream, as pdsh -N would deliver them.
+    let (code, out, err) = concur(&["merge", "--json", "-"], Some(all.as_bytes()));
+    assert_eq!(code, 0, "{err}");
+    let merged: concur::load::LoadReport = serde_json::from_str(&out).unwrap();
+    assert_eq!(merged.agents, 3);
+    assert_eq!(merged.requests_ok, 1500);
+    assert_eq!(
+        merged.requests_ok,
+        reports.iter().map(|r| r.requests_ok).sum::<u64>()
+    );
+    assert_eq!(merged.bytes_sent, merged.requests_ok * 64);
+    assert_eq!(merged.conns, 9);
+    assert!(
+        merged.merge_warnings.is_empty(),
+        "{:?}",
+        merged.merge_warnings
+    );
+    let h = concur::load::report::decode_histogram(&merged.histogram).unwrap();
+    assert_eq!(h.len(), 1500);
+    drop(hosts);
+    // Nothing of ours is left.
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.contains(&tag), "{left}");
+}
