@@ -82,6 +82,9 @@ pub struct HoldArgs {
     /// The echo server's prefix ('' for plain echo)
     #[arg(long, default_value = crate::protocol::echo::DEFAULT_PREFIX)]
     pub prefix: String,
+    /// Wait until this time (Unix seconds or RFC 3339), then start opening connections
+    #[arg(long, value_parser = crate::load::parse_start_at, value_name = "TIME")]
+    pub start_at: Option<std::time::SystemTime>,
     /// Print one JSON object on stdout instead of the table
     #[arg(long)]
     pub json: bool,
@@ -105,6 +108,8 @@ pub struct HoldConfig {
     pub size: usize,
     /// The fib n of the round trip.
     pub n: u32,
+    /// `--start-at`: open the first connection at this time.
+    pub start_at: Option<std::time::SystemTime>,
 }
 
 impl HoldConfig {
@@ -123,6 +128,7 @@ impl HoldConfig {
             prefix: crate::protocol::echo::DEFAULT_PREFIX.as_bytes().to_vec(),
             size: 16,
             n: 10,
+            start_at: None,
         }
     }
 }
@@ -138,6 +144,7 @@ impl HoldArgs {
             batch: self.batch,
             in_flight: self.in_flight,
             prefix: self.prefix.as_bytes().to_vec(),
+            start_at: self.start_at,
             ..HoldConfig::new(self.addr.clone(), self.conns)
         }
     }
@@ -211,6 +218,30 @@ pub struct HoldReport {
     pub fd_limit: u64,
     pub rtt_us: Rtt,
     pub server: Option<ServerStats>,
+    /// The run in wall-clock time, Unix seconds: from the first connect to the end of
+    /// holding, so reports of agents run together can be lined up.
+    #[serde(default)]
+    pub window_start_unix: f64,
+    #[serde(default)]
+    pub window_end_unix: f64,
+    /// With `--start-at`: how late the first connect went out after the time asked.
+    #[serde(default)]
+    pub start_late_secs: Option<f64>,
+    /// The round trip's parameters: echo payload bytes and prefix, fib n; and
+    /// `--duration` in seconds.
+    #[serde(default)]
+    pub size: usize,
+    #[serde(default)]
+    pub n: u32,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub duration_secs: f64,
+    /// Every verified round trip's latency (ns), in HdrHistogram's compressed V2
+    /// encoding, base64 (see `load::report::encode_histogram`): percentiles of
+    /// several agents come from adding these, never from averaging `rtt_us`.
+    #[serde(default)]
+    pub histogram: String,
 }
 
 impl HoldReport {
@@ -269,6 +300,10 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
         None => None,
     };
     let mut h = Hold::new(config, addr)?;
+    if let Some(at) = config.start_at {
+        crate::load::wait_until(at);
+    }
+    let wall_start = unix_now();
     let open_start = Instant::now();
     h.open_all()?;
     let open_secs = open_start.elapsed().as_secs_f64();
@@ -325,7 +360,36 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
         fd_limit,
         rtt_us: rtt,
         server,
+        window_start_unix: wall_start,
+        window_end_unix: wall_start + open_start.elapsed().as_secs_f64(),
+        start_late_secs: config
+            .start_at
+            .map(|at| (wall_start - crate::load::unix_secs(at)).max(0.0)),
+        size: if config.service == Service::Echo {
+            config.size
+        } else {
+            0
+        },
+        n: if config.service == Service::Fib {
+            config.n
+        } else {
+            0
+        },
+        prefix: if config.service == Service::Echo {
+            String::from_utf8_lossy(&config.prefix).into_owned()
+        } else {
+            String::new()
+        },
+        duration_secs: config.duration.as_secs_f64(),
+        histogram: crate::load::report::encode_histogram(&h.rtt),
     })
+}
+
+/// Now, in Unix seconds.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -754,6 +818,9 @@ pub fn render(r: &HoldReport) -> String {
         r.source_addrs.max(1),
         r.fd_limit
     );
+    if let Some(late) = r.start_late_secs {
+        let _ = writeln!(out, "started {late:.6} s after --start-at");
+    }
     let _ = writeln!(
         out,
         "opened {}/{} in {:.3} s   failed {}",

@@ -228,7 +228,14 @@ fn cli_json_keys_table_and_too_many_conns() {
     );
     assert!(p50 <= p99, "{v}");
     assert_eq!(v["rtt_errors"]["not_tried"], 0);
-    let _: concur::hold::HoldReport = serde_json::from_slice(&out.stdout).expect("HoldReport");
+    let report: concur::hold::HoldReport = serde_json::from_slice(&out.stdout).expect("HoldReport");
+    // What merging needs: every round trip in the histogram, and the window.
+    let h = concur::load::report::decode_histogram(&report.histogram).expect("V2 histogram");
+    assert_eq!(h.len(), 40);
+    assert!(report.window_start_unix > 0.0, "{v}");
+    assert!(report.window_end_unix >= report.window_start_unix, "{v}");
+    assert_eq!(report.size, 16);
+    assert_eq!(report.prefix, "Received: ");
 
     let out = concur(&[&hold[..], &["--in-flight", "4"]].concat());
     let text = String::from_utf8_lossy(&out.stdout);

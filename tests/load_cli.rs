@@ -50,7 +50,24 @@ fn json_keys_and_exit_zero() {
         .map(|p| v["latency_us"][p].as_f64().unwrap())
         .collect();
     assert!(lat.windows(2).all(|w| w[0] <= w[1]), "{lat:?}");
-    let _: concur::load::LoadReport = serde_json::from_str(&out).expect("LoadReport");
+    let report: concur::load::LoadReport = serde_json::from_str(&out).expect("LoadReport");
+    // What merging needs: every verified request in the histogram, the window on the
+    // wall clock (as long as the run), the parameters.
+    let h = concur::load::report::decode_histogram(&report.histogram).expect("V2 histogram");
+    assert_eq!(h.len(), 200);
+    let window = report.window_end_unix - report.window_start_unix;
+    // Equal up to f64 rounding at Unix-time magnitude (~1e-7 s), whatever the speed.
+    let rounding = report.window_end_unix * f64::EPSILON * 4.0;
+    assert!(
+        (window - secs).abs() <= rounding,
+        "window {window} s, elapsed {secs} s"
+    );
+    assert!(report.window_start_unix > 0.0);
+    assert_eq!(
+        (report.size, report.requests, report.agents),
+        (64, Some(200), 1)
+    );
+    assert_eq!(report.prefix, "Received: ");
 }
 
 #[test]
@@ -126,4 +143,20 @@ fn mix_measures_fib_1_beside_the_heavy_connection() {
     assert_eq!(v["heavy"]["n"], 20);
     // fib(1) = 1 is "1\n"; fib(20) = 6765 is "6765\n".
     assert_eq!(v["bytes_received"].as_u64().unwrap(), light * 2 + heavy * 5);
+}
+
+#[test]
+fn requests_past_the_budget_counter_are_refused() {
+    let addr = dead_port_text();
+    for too_many in ["9223372036854775808", "18446744073709551616"] {
+        let (code, out, err) = concur(&["load", "--addr", &addr, "--requests", too_many]);
+        assert_eq!(code, 2, "{too_many}: {err}");
+        assert!(out.is_empty());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("--requests"), "{err}");
+    }
+}
+
+fn dead_port_text() -> String {
+    common::dead_port().to_string()
 }

@@ -266,3 +266,59 @@ fn open_loop_latency_counts_from_the_intended_time() {
         r.latency_us
     );
 }
+
+/// Every request sent is accounted for: verified, lost with its connection, or still
+/// in flight at the end.
+fn assert_accounted(r: &LoadReport) {
+    assert_eq!(
+        r.requests_sent,
+        r.requests_ok + r.requests_failed + r.requests_unfinished,
+        "{r:?}"
+    );
+}
+
+#[test]
+fn requests_in_flight_on_a_failed_connection_are_counted() {
+    // The server answers 5 requests per connection, then closes: each connection
+    // has sent 9 or more by then (its pipeline of 4 refilled as replies came), and
+    // every one not answered is lost with it.
+    let addr = serve(fib(), Fault::CloseAfter(5));
+    let mut c = config(addr, Service::Fib);
+    c.conns = 2;
+    c.pipeline = 4;
+    c.requests = Some(100);
+    let r = run(&c);
+    assert_eq!((r.requests_ok, r.errors.closed_early), (10, 2));
+    assert!(r.requests_failed >= 8, "{r:?}");
+    assert_eq!(r.requests_unfinished, 0);
+    assert_accounted(&r);
+}
+
+#[test]
+fn requests_in_flight_when_the_duration_ends_are_unfinished() {
+    // A silent server never answers; the run ends by --duration, long before the
+    // timeout: every pipelined request is still in flight, none is an error.
+    let addr = serve(fib(), Fault::Silent);
+    let mut c = config(addr, Service::Fib);
+    c.conns = 2;
+    c.pipeline = 3;
+    c.duration = Some(Duration::from_millis(200));
+    c.timeout = Duration::from_secs(60);
+    let r = run(&c);
+    assert_eq!((r.requests_ok, r.errors_total), (0, 0));
+    assert_eq!((r.requests_sent, r.requests_unfinished), (6, 6));
+    assert_accounted(&r);
+}
+
+#[test]
+fn a_clean_run_sends_exactly_what_was_asked() {
+    let addr = serve(echo(), Fault::None);
+    let mut c = config(addr, Service::Echo);
+    c.conns = 3;
+    c.pipeline = 5;
+    c.threads = 2;
+    c.requests = Some(1000);
+    let r = run(&c);
+    assert_eq!((r.requests_sent, r.requests_ok), (1000, 1000));
+    assert_accounted(&r);
+}

@@ -39,6 +39,7 @@
 
 use super::report::{
     CpuReport, CpuUse, ErrorCounts, FirstMismatch, HeavyReport, Latency, LoadReport,
+    encode_histogram, histogram,
 };
 use super::verify::{EchoVerifier, FibVerifier, PayloadPool, Verifier};
 use super::{LoadConfig, Service};
@@ -54,7 +55,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Read buffer per thread.
 const READ_BUF: usize = 64 * 1024;
@@ -155,15 +156,16 @@ struct Tally {
     heavy: Histogram<u64>,
     ok: u64,
     heavy_ok: u64,
+    /// Light requests issued, lost with a connection that failed, and still in flight
+    /// when the run ended: `sent = ok + failed + unfinished`.
+    sent: u64,
+    failed: u64,
+    unfinished: u64,
     errors: ErrorCounts,
     first_mismatch: Option<FirstMismatch>,
     bytes_sent: u64,
     bytes_received: u64,
     elapsed: Duration,
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Run the whole load test: connect, run every thread's loop, merge.
@@ -201,13 +203,23 @@ pub(super) fn run(config: &LoadConfig, addr: SocketAddr) -> Result<LoadReport> {
             match spawned {
                 Ok(h) => handles.push(h),
                 Err(e) => {
-                    gate.open(false);
+                    gate.open(None);
                     return Err(anyhow::Error::new(e).context("starting a load thread"));
                 }
             }
         }
         gate.wait_for(threads);
-        gate.open(true);
+        let start = Instant::now();
+        let wall_start = SystemTime::now();
+        // With --start-at, the duration counts from the time asked, not from this
+        // agent's (later) start: agents given the same time and duration stop together.
+        let anchor = config
+            .start_at
+            .and_then(|at| SystemTime::now().duration_since(at).ok())
+            .and_then(|late| start.checked_sub(late))
+            .unwrap_or(start);
+        let end = plan.duration.map(|d| anchor + d);
+        gate.open(Some(Start { at: start, end }));
         let cpu_before = (
             crate::sys::cpu_self_and_children(),
             config.server_pid.and_then(crate::sys::proc_stat),
@@ -242,10 +254,10 @@ pub(super) fn run(config: &LoadConfig, addr: SocketAddr) -> Result<LoadReport> {
             let after = crate::sys::proc_stat(config.server_pid?)?;
             Some(after.cpu.since(&before.cpu))
         });
-        Ok::<_, anyhow::Error>((tallies, load_cpu, server_cpu))
+        Ok::<_, anyhow::Error>((tallies, load_cpu, server_cpu, wall_start))
     })?;
-    let (tallies, load_cpu, server_cpu) = tallies;
-    let mut report = merge(config, tallies);
+    let (tallies, load_cpu, server_cpu, wall_start) = tallies;
+    let mut report = merge(config, tallies, wall_start);
     let requests = report.requests_ok + report.heavy.as_ref().map_or(0, |h| h.requests_ok);
     let per_request = |cpu: CpuTime| {
         let secs = cpu.total().as_secs_f64();
@@ -281,11 +293,12 @@ fn progress_bar(config: &LoadConfig) -> indicatif::ProgressBar {
     bar
 }
 
-fn merge(config: &LoadConfig, tallies: Vec<Tally>) -> LoadReport {
+fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> LoadReport {
     let mut light = histogram();
     let mut heavy = histogram();
     let mut errors = ErrorCounts::default();
     let (mut ok, mut heavy_ok, mut sent, mut received) = (0, 0, 0, 0);
+    let (mut issued, mut failed, mut unfinished) = (0, 0, 0);
     let mut first_mismatch = None;
     let mut elapsed = Duration::ZERO;
     for t in tallies {
@@ -294,12 +307,18 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>) -> LoadReport {
         errors.add(&t.errors);
         ok += t.ok;
         heavy_ok += t.heavy_ok;
+        issued += t.sent;
+        failed += t.failed;
+        unfinished += t.unfinished;
         sent += t.bytes_sent;
         received += t.bytes_received;
         first_mismatch = first_mismatch.or(t.first_mismatch);
         elapsed = elapsed.max(t.elapsed);
     }
     let secs = elapsed.as_secs_f64().max(1e-9);
+    let window_start_unix = wall_start
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     LoadReport {
         addr: config.addr.clone(),
         service: match config.service {
@@ -318,6 +337,9 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>) -> LoadReport {
         rate: config.rate,
         elapsed_secs: elapsed.as_secs_f64(),
         requests_ok: ok,
+        requests_sent: issued,
+        requests_failed: failed,
+        requests_unfinished: unfinished,
         errors_total: errors.total(),
         errors,
         first_mismatch,
@@ -331,7 +353,32 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>) -> LoadReport {
             n,
             requests_ok: heavy_ok,
             latency_us: Latency::from_histogram(&heavy),
+            histogram: encode_histogram(&heavy),
         }),
+        window_start_unix,
+        window_end_unix: window_start_unix + elapsed.as_secs_f64(),
+        start_late_secs: None,
+        size: if config.service == Service::Echo {
+            config.size
+        } else {
+            0
+        },
+        n: if config.service == Service::Fib {
+            config.n
+        } else {
+            0
+        },
+        prefix: if config.service == Service::Echo {
+            String::from_utf8_lossy(&config.prefix).into_owned()
+        } else {
+            String::new()
+        },
+        question: config.service == Service::Fib && config.question,
+        duration_secs: config.duration.map(|d| d.as_secs_f64()),
+        requests: config.requests,
+        agents: 1,
+        histogram: encode_histogram(&light),
+        merge_warnings: Vec::new(),
     }
 }
 
@@ -500,18 +547,25 @@ struct Loop<'a> {
     light_inflight: usize,
 }
 
+/// When the run started, on the one clock every thread shares, and when it must end.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    at: Instant,
+    end: Option<Instant>,
+}
+
 /// Where the load threads wait, connected, until every thread is (so the run starts
 /// at once everywhere), or until the run is called off.
 #[derive(Default)]
 struct Gate {
-    /// Threads arrived, and the verdict once given (true: go).
-    state: Mutex<(usize, Option<bool>)>,
+    /// Threads arrived, and the verdict once given (`Some(start)`: go; `None`: stop).
+    state: Mutex<(usize, Option<Option<Start>>)>,
     changed: Condvar,
 }
 
 impl Gate {
     /// Arrive and wait for the verdict.
-    fn arrive(&self) -> bool {
+    fn arrive(&self) -> Option<Start> {
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         g.0 += 1;
         self.changed.notify_all();
@@ -530,7 +584,7 @@ impl Gate {
         }
     }
 
-    fn open(&self, go: bool) {
+    fn open(&self, go: Option<Start>) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(go);
         self.changed.notify_all();
     }
@@ -543,6 +597,9 @@ fn run_thread(plan: &Plan, mine: &[usize], gate: &Gate) -> Result<Tally> {
         heavy: histogram(),
         ok: 0,
         heavy_ok: 0,
+        sent: 0,
+        failed: 0,
+        unfinished: 0,
         errors: ErrorCounts::default(),
         first_mismatch: None,
         bytes_sent: 0,
@@ -602,9 +659,9 @@ fn run_thread(plan: &Plan, mine: &[usize], gate: &Gate) -> Result<Tally> {
             free_since: now,
         });
     }
-    if !gate.arrive() {
+    let Some(start) = gate.arrive() else {
         return Ok(tally);
-    }
+    };
     let live = conns.iter().filter(|c| c.stream.is_some()).count();
     let live_light = conns
         .iter()
@@ -621,15 +678,13 @@ fn run_thread(plan: &Plan, mine: &[usize], gate: &Gate) -> Result<Tally> {
         answered: Vec::new(),
         light_inflight: 0,
     };
-    lp.run()?;
+    lp.run(start)?;
     Ok(lp.tally)
 }
 
 impl Loop<'_> {
-    fn run(&mut self) -> Result<()> {
+    fn run(&mut self, Start { at: start, end }: Start) -> Result<()> {
         let plan = self.plan;
-        let start = Instant::now();
-        let end = plan.duration.map(|d| start + d);
         let sweep_every =
             (plan.timeout / 8).clamp(Duration::from_millis(1), Duration::from_millis(100));
         let mut next_sweep = start + sweep_every;
@@ -708,6 +763,9 @@ impl Loop<'_> {
             }
         }
         self.tally.elapsed = start.elapsed();
+        // What is still in flight is neither verified nor failed: count it, so that
+        // sent = ok + failed + unfinished holds exactly.
+        self.tally.unfinished = self.light_inflight as u64;
         Ok(())
     }
 
@@ -775,6 +833,7 @@ impl Loop<'_> {
             c.sent += 1;
             if !c.heavy {
                 self.light_inflight += 1;
+                self.tally.sent += 1;
             }
         }
         self.flush(i);
@@ -867,7 +926,8 @@ impl Loop<'_> {
         self.answered.push(i);
     }
 
-    /// Give a connection up: count why, close it, forget what it had in flight.
+    /// Give a connection up: count why (one error per connection) and every request
+    /// it had in flight (each one lost), then close it.
     fn fail(&mut self, i: usize, fail: Fail) {
         count(&mut self.tally.errors, fail);
         let c = &mut self.conns[i];
@@ -876,6 +936,7 @@ impl Loop<'_> {
         }
         if !c.heavy {
             self.light_inflight -= c.inflight.len();
+            self.tally.failed += c.inflight.len() as u64;
         }
         c.inflight.clear();
         self.live -= 1;

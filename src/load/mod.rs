@@ -6,8 +6,10 @@
 //! 1. **Exact.** Every reply byte is checked ([`verify`]): echo payloads against
 //!    what was sent (with the talk's `Received: ` prefix allowed wherever the server's
 //!    reads were split), fib replies against the exact fib. Counts are exact too:
-//!    with `--requests R` exactly R requests are sent, and each is either verified
-//!    or counted as an error by kind ([`report::ErrorCounts`]).
+//!    every request sent is verified, lost with a connection that failed (whose
+//!    cause is counted once, by kind: [`report::ErrorCounts`]), or still in flight
+//!    when `--duration` ended, and the report says how many of each; with
+//!    `--requests R`, R are sent unless every connection failed first.
 //! 2. **Honest latency.** Closed loop (the default) keeps `--pipeline` requests in
 //!    flight per connection. Open loop (`--rate`) sends on a fixed schedule and counts
 //!    latency from each request's *intended* send time, so a server that stalls
@@ -22,6 +24,7 @@
 //! command line's, which prints the report and returns the exit status.
 
 pub mod engine;
+pub mod merge;
 pub mod report;
 pub mod verify;
 
@@ -31,7 +34,7 @@ use crate::error::bad_input;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Which of the talk's protocols to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -77,6 +80,107 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parse `--start-at`: Unix seconds (`1767225600`, `1767225600.5`) or an RFC 3339
+/// time (`2026-01-01T00:00:00Z`, `2026-01-01T01:00:00.250+01:00`).
+pub fn parse_start_at(text: &str) -> Result<SystemTime, String> {
+    let t = text.trim();
+    let bad = || {
+        format!(
+            "'{text}' is not a time; write Unix seconds (e.g. $(( $(date +%s) + 5 ))) or \
+             RFC 3339 (e.g. 2026-01-01T12:00:00Z)"
+        )
+    };
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        let secs: f64 = t.parse().map_err(|_| bad())?;
+        return Ok(UNIX_EPOCH + Duration::from_secs_f64(secs));
+    }
+    let secs = rfc3339_unix(t).ok_or_else(bad)?;
+    if secs < 0.0 {
+        return Err(format!("'{text}' is before 1970"));
+    }
+    Ok(UNIX_EPOCH + Duration::from_secs_f64(secs))
+}
+
+/// `YYYY-MM-DD(T| )HH:MM:SS[.frac](Z|±HH:MM)` to Unix seconds.
+fn rfc3339_unix(t: &str) -> Option<f64> {
+    let b = t.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = t.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 {
+        return None;
+    }
+    if sec > 60 {
+        return None;
+    }
+    let mut rest = &t[19..];
+    let mut frac = 0.0;
+    if let Some(r) = rest.strip_prefix('.') {
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        frac = format!("0.{}", &r[..digits]).parse().ok()?;
+        rest = &r[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let o = rest.as_bytes();
+            if o.len() != 6 || o[3] != b':' {
+                return None;
+            }
+            let (h, m) = (
+                rest[1..3].parse::<i64>().ok()?,
+                rest[4..6].parse::<i64>().ok()?,
+            );
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset;
+    Some(secs as f64 + frac)
+}
+
+/// Sleep until `at` (wall clock); a time already past returns at once.
+pub fn wait_until(at: SystemTime) {
+    while let Ok(left) = at.duration_since(SystemTime::now()) {
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left);
+    }
+}
+
+/// A wall-clock time in Unix seconds.
+pub fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Parse `--mix heavy=K`.
 pub fn parse_mix(text: &str) -> Result<u32, String> {
     let k = text
@@ -90,6 +194,10 @@ pub fn parse_mix(text: &str) -> Result<u32, String> {
     }
     Ok(k)
 }
+
+/// The largest `--requests`: the shared budget is a signed 64-bit counter (threads
+/// may claim past zero before they see it spent).
+pub const MAX_REQUESTS: u64 = i64::MAX as u64;
 
 /// The largest n whose fib the verifier knows exactly (u128).
 pub const MAX_FIB_N: u32 = 185;
@@ -142,6 +250,11 @@ pub struct LoadArgs {
     /// The server's process id: also report its CPU time per request (from /proc)
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+    /// Wait until this time (Unix seconds or RFC 3339), then start; with --duration the
+    /// run ends at this time plus the duration, so agents given the same both start
+    /// and stop together
+    #[arg(long, value_parser = parse_start_at, value_name = "TIME")]
+    pub start_at: Option<SystemTime>,
     /// Print one JSON object on stdout instead of the table
     #[arg(long)]
     pub json: bool,
@@ -171,6 +284,8 @@ pub struct LoadConfig {
     pub progress: bool,
     /// Report this process's CPU time per request beside the load generator's.
     pub server_pid: Option<u32>,
+    /// `--start-at`: connect and start at this time; `--duration` counts from it.
+    pub start_at: Option<SystemTime>,
 }
 
 impl LoadConfig {
@@ -193,6 +308,7 @@ impl LoadConfig {
             threads: 1,
             progress: false,
             server_pid: None,
+            start_at: None,
         }
     }
 
@@ -223,6 +339,11 @@ impl LoadConfig {
         }
         if self.requests == Some(0) {
             return Err(bad_input("--requests must be at least 1"));
+        }
+        if self.requests.is_some_and(|r| r > MAX_REQUESTS) {
+            return Err(bad_input(format!(
+                "--requests must be at most {MAX_REQUESTS}"
+            )));
         }
         if self.duration == Some(Duration::ZERO) {
             return Err(bad_input("--duration must be more than 0"));
@@ -285,6 +406,7 @@ impl LoadArgs {
             threads: self.threads,
             progress: std::io::stderr().is_terminal(),
             server_pid: self.server_pid,
+            start_at: self.start_at,
         }
     }
 }
@@ -303,7 +425,17 @@ pub fn run_load(config: &LoadConfig) -> Result<LoadReport> {
             config.conns
         )));
     }
-    engine::run(config, addr)
+    // Connections open after the wait, not before: a server's idle timeout cannot
+    // close them while this agent waits for the others.
+    if let Some(at) = config.start_at {
+        wait_until(at);
+    }
+    let mut report = engine::run(config, addr)?;
+    // How late the first request went out: the wait's own wake-up plus connecting.
+    report.start_late_secs = config
+        .start_at
+        .map(|at| (report.window_start_unix - unix_secs(at)).max(0.0));
+    Ok(report)
 }
 
 /// `concur load`: run, print the table (or JSON), return the exit status.
@@ -318,6 +450,76 @@ pub fn run(args: &LoadArgs) -> Result<u8> {
         }
     }
     Ok(report.exit_code())
+}
+
+/// `concur merge` on the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MergeArgs {
+    /// Reports of `concur load --json` (or of earlier merges): files, or - for standard
+    /// input; a file may hold several reports one after another
+    #[arg(required = true, value_name = "REPORT")]
+    pub reports: Vec<String>,
+    /// Print one JSON object (the schema of `concur load --json`) instead of the table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Read every report in `text` (one JSON object after another), naming each.
+fn parse_reports(source: &str, text: &str) -> Result<Vec<(String, LoadReport)>> {
+    let mut out = Vec::new();
+    for (i, value) in serde_json::Deserializer::from_str(text)
+        .into_iter::<serde_json::Value>()
+        .enumerate()
+    {
+        let value = value.map_err(|e| bad_input(format!("{source}: not JSON: {e}")))?;
+        let name = if i == 0 {
+            source.to_string()
+        } else {
+            format!("{source}#{}", i + 1)
+        };
+        if value.get("rtt_us").is_some() {
+            return Err(bad_input(format!(
+                "{name}: a `concur hold` report; merge takes `concur load --json` reports"
+            )));
+        }
+        let report: LoadReport = serde_json::from_value(value)
+            .map_err(|e| bad_input(format!("{name}: not a `concur load --json` report: {e}")))?;
+        out.push((name, report));
+    }
+    if out.is_empty() {
+        return Err(bad_input(format!("{source}: no report in it")));
+    }
+    Ok(out)
+}
+
+/// `concur merge`: read the reports, merge them exactly, print, return the exit status
+/// (that of one load run: 0 only if nothing failed and something was verified).
+pub fn run_merge(args: &MergeArgs) -> Result<u8> {
+    use std::io::Read as _;
+    let mut reports = Vec::new();
+    for source in &args.reports {
+        let text = if source == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| anyhow::anyhow!("reading standard input: {e}"))?;
+            text
+        } else {
+            std::fs::read_to_string(source).map_err(|e| bad_input(format!("{source}: {e}")))?
+        };
+        let name = if source == "-" { "stdin" } else { source };
+        reports.extend(parse_reports(name, &text)?);
+    }
+    let merged = merge::merge(&reports).map_err(|e| bad_input(e.to_string()))?;
+    for w in &merged.merge_warnings {
+        eprintln!("warning: {w}");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&merged)?);
+    } else {
+        print!("{}", report::render(&merged));
+    }
+    Ok(merged.exit_code())
 }
 
 #[cfg(test)]
@@ -336,6 +538,33 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn start_times() {
+        let unix = |t: &str| {
+            parse_start_at(t)
+                .unwrap()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+        };
+        assert_eq!(unix("1767225600"), 1_767_225_600.0);
+        assert_eq!(unix("1767225600.5"), 1_767_225_600.5);
+        assert_eq!(unix("2026-01-01T00:00:00Z"), 1_767_225_600.0);
+        assert_eq!(unix("1970-01-01T00:00:00Z"), 0.0);
+        assert_eq!(unix("2000-02-29T12:34:56Z"), 951_827_696.0);
+        assert_eq!(unix("2026-01-01T01:00:00.25+01:00"), 1_767_225_600.25);
+        assert_eq!(unix("2025-12-31 19:00:00-05:00"), 1_767_225_600.0);
+        for bad in [
+            "",
+            "soon",
+            "2026-13-01T00:00:00Z",
+            "2026-01-01T00:00:00",
+            "2026-01-01",
+        ] {
+            assert!(parse_start_at(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -358,8 +587,14 @@ mod tests {
         c.conns = 1;
         c.threads = 1;
         assert!(c.validate().is_err(), "mix needs two connections");
-        let mut c = ok;
+        let mut c = ok.clone();
         c.threads = 11;
         assert!(c.validate().is_err());
+        let mut c = ok;
+        c.requests = Some(MAX_REQUESTS);
+        assert!(c.validate().is_ok());
+        c.requests = Some(MAX_REQUESTS + 1);
+        let e = c.validate().unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 2, "{e}");
     }
 }

@@ -9,9 +9,49 @@
 //! send time, so time a request spent waiting behind a stalled server is included
 //! (the load loop's own timer lateness is not: see `engine`).
 
+use base64::Engine as _;
 use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
+
+/// The latency histogram every report records into: 1 ns to one hour, 3 significant
+/// digits. Reports carry it whole (see [`encode_histogram`]) so that several agents'
+/// reports can be merged exactly: percentiles cannot be averaged, histograms can be
+/// added.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A histogram (nanoseconds) in HdrHistogram's standard compressed V2 encoding, base64:
+/// the form HdrHistogram's own tools read (e.g. `HistogramLogProcessor`, or any
+/// `decodeFromCompressedByteBuffer`).
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    match V2DeflateSerializer::new().serialize(h, &mut bytes) {
+        Ok(_) => base64::engine::general_purpose::STANDARD.encode(&bytes),
+        // Only a histogram too large for the encoding's i32 lengths can fail; ours
+        // is bounded well below that.
+        Err(_) => String::new(),
+    }
+}
+
+/// Why a report's histogram could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum HistogramError {
+    #[error("the histogram is not base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("the histogram is not HdrHistogram's V2 encoding: {0:?}")]
+    Decode(hdrhistogram::serialization::DeserializeError),
+}
+
+/// The inverse of [`encode_histogram`] (also reads uncompressed V2).
+pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, HistogramError> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim())?;
+    Deserializer::new()
+        .deserialize(&mut &bytes[..])
+        .map_err(HistogramError::Decode)
+}
 
 /// Failures by kind. A connection that fails is closed and counted once.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +136,9 @@ pub struct HeavyReport {
     pub n: u32,
     pub requests_ok: u64,
     pub latency_us: Latency,
+    /// The heavy requests' latencies (ns), see [`encode_histogram`].
+    #[serde(default)]
+    pub histogram: String,
 }
 
 /// The result of one `concur load` run.
@@ -114,6 +157,18 @@ pub struct LoadReport {
     pub elapsed_secs: f64,
     /// Replies verified byte for byte (with `--mix`, the light requests only).
     pub requests_ok: u64,
+    /// Requests issued (with `--mix`, the light ones): every one is either verified
+    /// (`requests_ok`), lost with a connection that failed (`requests_failed`: the one
+    /// that failed and any pipelined behind it), or still in flight when `--duration`
+    /// ended (`requests_unfinished`). `requests_sent = requests_ok + requests_failed +
+    /// requests_unfinished`, exactly.
+    #[serde(default)]
+    pub requests_sent: u64,
+    #[serde(default)]
+    pub requests_failed: u64,
+    #[serde(default)]
+    pub requests_unfinished: u64,
+    /// Failures by kind: one per connection given up (a refused connect sent nothing).
     pub errors_total: u64,
     pub errors: ErrorCounts,
     pub first_mismatch: Option<FirstMismatch>,
@@ -128,6 +183,44 @@ pub struct LoadReport {
     /// CPU time (user+sys) spent during the run, by this load generator and, given
     /// `--server-pid`, by the server.
     pub cpu: Option<CpuReport>,
+    /// The measurement window in wall-clock time, Unix seconds: from the first request
+    /// to the end of the run (`window_end_unix - window_start_unix = elapsed_secs`).
+    /// Merging uses it to find the time the agents shared.
+    #[serde(default)]
+    pub window_start_unix: f64,
+    #[serde(default)]
+    pub window_end_unix: f64,
+    /// With `--start-at`: how late the first request went out after the time asked.
+    #[serde(default)]
+    pub start_late_secs: Option<f64>,
+    /// The parameters a merge must see equal (the protocol spoken): echo payload size
+    /// and prefix, fib n and terminator.
+    #[serde(default)]
+    pub size: usize,
+    #[serde(default)]
+    pub n: u32,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub question: bool,
+    /// `--duration` in seconds and `--requests`, as asked.
+    #[serde(default)]
+    pub duration_secs: Option<f64>,
+    #[serde(default)]
+    pub requests: Option<u64>,
+    /// How many `concur load` runs this report is: 1, or the sum of a merge's inputs.
+    #[serde(default = "one")]
+    pub agents: u64,
+    /// The verified light requests' latencies (ns), see [`encode_histogram`].
+    #[serde(default)]
+    pub histogram: String,
+    /// What a merge found suspicious (a report whose window overlaps no other).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merge_warnings: Vec<String>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// CPU time of one process over the run.
@@ -176,11 +269,31 @@ pub fn render(r: &LoadReport) -> String {
         "{} {} | {} loop{rate} | {} conns, pipeline {}, {} thread(s) | {:.2} s",
         r.service, r.addr, r.mode, r.conns, r.pipeline, r.threads, r.elapsed_secs
     );
+    if r.agents > 1 {
+        let _ = writeln!(
+            out,
+            "merged from {} agents; the window they shared: {:.3} to {:.3} (Unix seconds)",
+            r.agents, r.window_start_unix, r.window_end_unix
+        );
+    }
+    if let Some(late) = r.start_late_secs {
+        let _ = writeln!(out, "started {:.6} s after --start-at", late);
+    }
+    for w in &r.merge_warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
     let _ = writeln!(
         out,
         "requests ok {}   errors {}   {:.0} req/s   {:.2} MB/s",
         r.requests_ok, r.errors_total, r.req_per_s, r.mb_per_s
     );
+    if r.requests_failed + r.requests_unfinished > 0 {
+        let _ = writeln!(
+            out,
+            "requests sent {}   = ok {} + lost to errors {} + unfinished at the end {}",
+            r.requests_sent, r.requests_ok, r.requests_failed, r.requests_unfinished
+        );
+    }
     if r.errors_total > 0 {
         let e = &r.errors;
         let _ = writeln!(
