@@ -332,13 +332,12 @@ fn run_processes(ns: &[u32], exe: &Path) -> Result<Vec<u64>> {
         .collect()
 }
 
-/// The child side of the processes mode: compute one fib and print it.
-pub fn worker_main(n: u32) -> Result<()> {
+/// The child side of the processes mode: compute one fib (the binary prints it).
+pub fn worker(n: u32) -> Result<u64> {
     if n > MAX_N {
-        return Err(BadInput(format!("n {n} is out of range 1..={MAX_N}")).into());
+        return Err(BadInput(format!("n {n} is out of range 0..={MAX_N}")).into());
     }
-    println!("{}", work(n));
-    Ok(())
+    Ok(work(n))
 }
 
 /// The binary to run for the processes mode: this very executable.
