@@ -1,12 +1,13 @@
 //! The command line as a user meets it, through the real binary: errors that name what
 //! is missing, negative numbers, writes to a full stdout, durations and n limits said
-//! one way, `fib --json`, `NO_COLOR`, completions, the man page
+//! one way, `fib --json`, `lab --out` safety, `NO_COLOR`, completions, the man page
 //! and `--quiet`.
 
 mod serve_harness;
 
 use serve_harness::{Server, read_to_eof};
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,14 @@ fn refused(args: &[&str]) -> String {
     assert!(err.starts_with("error:"), "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{args:?}: {err}");
     err
+}
+
+/// A fresh directory under the system's temp dir for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("concur-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 #[test]
@@ -264,6 +273,53 @@ fn serve_idle_timeout_takes_durations_like_load_and_hold() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(err.contains("--idle-timeout"), "{err}");
     }
+}
+
+#[test]
+fn lab_refuses_a_non_empty_out_unless_forced() {
+    let dir = temp_dir("lab-out");
+    let old = dir.join("results.json");
+    std::fs::write(&old, "an earlier run").unwrap();
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    std::fs::write(dir.join("logs/old.log"), "old").unwrap();
+    let lab = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_concur"))
+            .args([
+                "lab",
+                "--quick",
+                "--no-python",
+                "--experiments",
+                "cpu",
+                "--out",
+            ])
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = lab(&[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("not empty") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(err.contains("results.json"), "{err}");
+    assert_eq!(std::fs::read_to_string(&old).unwrap(), "an earlier run");
+
+    let out = lab(&["--force", "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&old).unwrap()).unwrap();
+    assert!(results["points"].is_array());
+    assert!(
+        !dir.join("logs/old.log").exists(),
+        "old logs left beside new ones"
+    );
+    assert!(dir.join("report.html").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Run `concur serve -v` with stderr on a pseudo-terminal, make one connection, and
