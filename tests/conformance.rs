@@ -111,6 +111,17 @@ fn fib_cases() -> Vec<Case> {
             "blank requests are skipped",
             vec![send("\n\r\n  \n\t?5?\n"), expect("5\n")],
         ),
+        // Why blank lines are not requests: `10?` typed into nc or telnet ends with the
+        // Enter key's newline, which would otherwise draw an ERR after every answer.
+        case(
+            "'10?' then Enter, as typed at a terminal: one reply",
+            vec![
+                send("10?\n"),
+                expect("55\n"),
+                send("11?\r\n"),
+                expect("89\n"),
+            ],
+        ),
         case(
             "pipelined, mixed terminators, one write",
             vec![send("1\n2?3\r\n4\n5?6\n"), expect("1\n1\n2\n3\n5\n8\n")],

@@ -124,5 +124,5 @@ fn bad_input_is_one_line_and_exit_2() {
 #[test]
 fn help_names_the_maximum() {
     let out = concur(&["fib", "--help"]);
-    assert!(String::from_utf8(out.stdout).unwrap().contains("1..=50"));
+    assert!(String::from_utf8(out.stdout).unwrap().contains("0..=50"));
 }

@@ -11,9 +11,24 @@ pub mod command;
 
 use std::hint::black_box;
 
-/// The largest n `concur fib` accepts: one naive fib(50) takes about 30 s on one core
-/// of this 2-core machine (fib(45) 2.5 s; each step costs 1.618x), under a minute.
+// The limits on n, one set for every subcommand (each `--help` names the one it uses).
+// n starts at 0 everywhere (the talk's fib(0) is 1); where it may end depends on who
+// computes it:
+// - MAX_N: concur computing the naive fib itself (`fib --n`, and the ceiling of
+//   `serve --max-n`);
+// - crate::protocol::DEFAULT_MAX_N (42): what a server computes unless `--max-n` says
+//   otherwise, so that no request holds a core for much more than a second;
+// - MAX_EXACT_N: what the load generator may ask (`load --n`, `--mix heavy=K`), since
+//   it only checks replies against `exact` and never runs the naive fib.
+
+/// The largest n concur computes with the naive fib (`fib --n`, `serve --max-n`): one
+/// fib(50) takes about 30 s on one core of this 2-core machine (fib(45) 2.5 s; each
+/// step costs 1.618x), under a minute.
 pub const MAX_N: u32 = 50;
+
+/// The largest n whose fib [`exact`] knows (fib(186) does not fit in u128): the limit
+/// of `load --n`, which verifies replies and computes nothing slow.
+pub const MAX_EXACT_N: u32 = 185;
 
 /// The talk's fib: naive recursion, `fib(n) = 1` for `n <= 2`.
 pub fn fib(n: u32) -> u64 {
@@ -25,12 +40,12 @@ pub fn work(n: u32) -> u64 {
     black_box(fib(black_box(n)))
 }
 
-/// The same values as [`fib`], fast: fast doubling in u128 (exact up to n = 185).
+/// The same values as [`fib`], fast: fast doubling in u128 (exact up to [`MAX_EXACT_N`]).
 ///
 /// With F(0) = 0, F(1) = 1: F(2k) = F(k)(2F(k+1) - F(k)), F(2k+1) = F(k)² + F(k+1)².
 /// The talk's fib agrees with F for n >= 1 and sets fib(0) = 1.
 pub fn exact(n: u32) -> u128 {
-    assert!(n <= 185, "fib({n}) does not fit in u128");
+    assert!(n <= MAX_EXACT_N, "fib({n}) does not fit in u128");
     if n == 0 {
         return 1;
     }

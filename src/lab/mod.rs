@@ -28,9 +28,13 @@ pub struct LabArgs {
     /// A small matrix that finishes in under a minute (what CI runs)
     #[arg(long)]
     pub quick: bool,
-    /// Where to write report.html, summary.md and results.json
+    /// Where to write report.html, summary.md, results.json and logs/; must be empty or
+    /// new, unless --force
     #[arg(long, default_value = "lab-report")]
     pub out: PathBuf,
+    /// Write into a non-empty --out: replace its report and remove its old logs/
+    #[arg(long)]
+    pub force: bool,
     /// Repeats per point; the median is shown [default: 3, or 1 with --quick]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub repeat: Option<u32>,
@@ -212,12 +216,13 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
     if let Some(old) = &args.compare {
         let old = load_results(old)?;
         let new = load_results(&args.out.join("results.json"))?;
-        print!("{}", report::compare(&old, &new));
+        print_out(&report::compare(&old, &new))?;
         return Ok(0);
     }
     // Servers and clients inherit the raised limit: the scaling experiment needs it.
     let fd_limit = crate::sys::raise_fd_limit().unwrap_or(1024);
     let plan = Plan::from_args(args, fd_limit)?;
+    prepare_out(&args.out, args.force)?;
     std::fs::create_dir_all(args.out.join("logs"))
         .with_context(|| format!("creating {}", args.out.display()))?;
     runner::catch_interrupts();
@@ -230,11 +235,12 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let total = experiments::planned_steps(&plan, python_ok) as u64;
-    let progress = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
-    } else {
-        ProgressBar::hidden()
-    };
+    let progress =
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) && !crate::logging::quiet() {
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -309,11 +315,65 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
     )?;
     write(&args.out, "summary.md", &report::markdown(&results, &views))?;
     write(&args.out, "report.html", &report::html(&results, &views))?;
+    let mut answers = String::new();
     for v in &views {
-        println!("{}\n  {}\n", v.title, v.answer);
+        answers.push_str(&format!("{}\n  {}\n\n", v.title, v.answer));
     }
-    println!("wrote {}", args.out.join("report.html").display());
+    answers.push_str(&format!(
+        "wrote {}\n",
+        args.out.join("report.html").display()
+    ));
+    print_out(&answers)?;
     Ok(if results.interrupted { 130 } else { 0 })
+}
+
+/// Write to stdout; a failed write is an error (one line, exit 1), not a panic.
+fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
+}
+
+/// `--out` must be new or empty, so one run's report and logs never mix with an
+/// earlier run's (and an old `results.json` kept for `--compare` is never lost by
+/// accident); with `--force` the old logs go and the report files are replaced.
+fn prepare_out(out: &Path, force: bool) -> Result<()> {
+    let entries: Vec<String> = match std::fs::read_dir(out) {
+        Ok(dir) => dir
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(bad_input(format!("--out {}: {e}", out.display()))),
+    };
+    if entries.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        let mut shown = entries.clone();
+        shown.sort();
+        let more = shown.len().saturating_sub(3);
+        shown.truncate(3);
+        return Err(bad_input(format!(
+            "--out {} is not empty (it holds {}{}); pass --force to replace the report \
+             in it, or give another --out",
+            out.display(),
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        )));
+    }
+    let logs = out.join("logs");
+    if logs.is_dir() {
+        std::fs::remove_dir_all(&logs)
+            .with_context(|| format!("removing the old {}", logs.display()))?;
+    }
+    Ok(())
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> Result<()> {

@@ -200,7 +200,7 @@ pub fn parse_mix(text: &str) -> Result<u32, String> {
 pub const MAX_REQUESTS: u64 = i64::MAX as u64;
 
 /// The largest n whose fib the verifier knows exactly (u128).
-pub const MAX_FIB_N: u32 = 185;
+pub const MAX_FIB_N: u32 = crate::fib::MAX_EXACT_N;
 
 /// `concur load` on the command line.
 #[derive(Debug, Clone, clap::Args)]
@@ -223,7 +223,7 @@ pub struct LoadArgs {
     /// Echo payload size in bytes
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// The n of fib(n) each fib request asks [default: 10; 1 with --mix]
+    /// The n of fib(n) each fib request asks, in 0..=185: the largest fib the verifier knows exactly (a server refuses n above its --max-n) [default: 10; 1 with --mix]
     #[arg(long)]
     pub n: Option<u32>,
     /// Requests in flight per connection

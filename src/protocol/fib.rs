@@ -8,7 +8,9 @@
 //! many in one read (pipelined). Replies come in request order, one per request.
 //!
 //! Rules, all independent of how the stream is chunked:
-//! - blank requests (only spaces or tabs) are skipped: they are not requests;
+//! - blank requests (only spaces or tabs) are skipped: they are not requests, so they
+//!   get no reply (`10?` typed at a terminal ends with Enter's newline, which must not
+//!   draw an `ERR` after every answer);
 //! - a request that is not a decimal number gets `ERR not a number: <first 32 bytes,
 //!   escaped>` and the connection stays open;
 //! - a number above the server's maximum gets `ERR n out of range 0..=MAX`;

@@ -83,21 +83,49 @@ pub struct ServeArgs {
     /// Echo reply prefix; --prefix '' gives plain echo (RFC 862)
     #[arg(long, default_value = DEFAULT_PREFIX)]
     pub prefix: String,
-    /// Largest n the fib service computes
+    /// Largest n the fib service computes; larger n get `ERR n out of range`. The
+    /// default, 42, holds a core about 0.6 s per request; at most 50, the largest n
+    /// concur computes (fib(50) holds a core about 30 s)
     #[arg(long, default_value_t = DEFAULT_MAX_N)]
     pub max_n: u32,
     /// Past this many open connections, new clients are closed at once
     #[arg(long, default_value_t = 10_000)]
     pub max_conns: usize,
-    /// Close connections silent this many seconds; 0 = never [default: off for
-    /// echo, as in the talk; 60 for fib]
-    #[arg(long, value_name = "SECS")]
-    pub idle_timeout: Option<f64>,
+    /// Close connections silent this long: 60s, 500ms, 2m, or plain seconds (2.5);
+    /// 0 = never [default: off for echo, as in the talk; 60s for fib]
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle_timeout)]
+    pub idle_timeout: Option<Duration>,
     #[arg(long, help = offload_help())]
     pub offload: bool,
     /// -v logs each connection (the talk's "Connection from ..."), -vv debug
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// The longest `--idle-timeout` (about 11.6 days).
+const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(1_000_000);
+
+/// `--idle-timeout`: a duration written as `load` and `hold` write theirs (`5s`,
+/// `500ms`, `2m`: [`crate::load::parse_duration`]), or a plain number of seconds,
+/// which is what this option took first and what `0` (off) reads most naturally as.
+pub fn parse_idle_timeout(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let plain = !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let d = if plain {
+        let secs: f64 = t.parse().map_err(|_| {
+            format!("'{text}' is not a duration; write e.g. 60s, 500ms, or plain seconds")
+        })?;
+        Duration::try_from_secs_f64(secs).map_err(|_| format!("'{text}' is too long"))?
+    } else {
+        crate::load::parse_duration(t)?
+    };
+    if d > MAX_IDLE_TIMEOUT {
+        return Err(format!(
+            "'{text}' is too long; at most {}s",
+            MAX_IDLE_TIMEOUT.as_secs()
+        ));
+    }
+    Ok(d)
 }
 
 /// `--workers`' help, naming the models it applies to from the registry.
@@ -166,16 +194,11 @@ impl ServeConfig {
         if args.max_conns == 0 {
             return Err(bad_input("--max-conns must be at least 1"));
         }
-        let idle_secs = args.idle_timeout.unwrap_or(match args.service {
-            Service::Echo => 0.0,
-            Service::Fib => FIB_IDLE_TIMEOUT_SECS,
+        let idle = args.idle_timeout.unwrap_or(match args.service {
+            Service::Echo => Duration::ZERO,
+            Service::Fib => Duration::from_secs_f64(FIB_IDLE_TIMEOUT_SECS),
         });
-        if !idle_secs.is_finite() || !(0.0..=1e6).contains(&idle_secs) {
-            return Err(bad_input(format!(
-                "--idle-timeout {idle_secs} must be between 0 (off) and 1000000 seconds"
-            )));
-        }
-        let idle_timeout = (idle_secs > 0.0).then(|| Duration::from_secs_f64(idle_secs));
+        let idle_timeout = (!idle.is_zero()).then_some(idle);
         if args.offload && !args.model.event_loop {
             return Err(bad_input(format!(
                 "--offload is for event-loop models ({}); {} already computes fib off \
@@ -404,18 +427,37 @@ mod tests {
             &["--model", "async", "--service", "fib", "--max-n", "99"],
             &["--model", "threads", "--service", "fib", "--offload"],
             &["--model", "blocking", "--service", "echo", "--offload"],
-            &["--model", "async", "--service", "fib", "--idle-timeout=-1"],
-            &[
-                "--model",
-                "async",
-                "--service",
-                "fib",
-                "--idle-timeout",
-                "nan",
-            ],
         ] {
             let err = config(args).unwrap_err();
             assert_eq!(crate::error::exit_code(&err), 2, "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn idle_timeout_takes_load_durations_and_plain_seconds() {
+        let ok = |t: &str| parse_idle_timeout(t).unwrap();
+        assert_eq!(ok("5s"), Duration::from_secs(5));
+        assert_eq!(ok("500ms"), Duration::from_millis(500));
+        assert_eq!(ok("2m"), Duration::from_secs(120));
+        assert_eq!(ok("5"), Duration::from_secs(5));
+        assert_eq!(ok("2.5"), Duration::from_millis(2500));
+        assert_eq!(ok("0"), Duration::ZERO);
+        assert_eq!(ok("0s"), Duration::ZERO);
+        for bad in ["-1", "nan", "", "5x", "1e9", "1000001", "12d"] {
+            assert!(parse_idle_timeout(bad).is_err(), "{bad}");
+        }
+        // Through clap too, as `concur serve` parses it.
+        let cli = Cli::try_parse_from([
+            "serve",
+            "--model",
+            "epoll",
+            "--service",
+            "echo",
+            "--idle-timeout",
+            "750ms",
+        ])
+        .unwrap();
+        let cfg = ServeConfig::from_args(&cli.serve).unwrap();
+        assert_eq!(cfg.idle_timeout, Some(Duration::from_millis(750)));
     }
 }
