@@ -24,6 +24,9 @@
 #
 #   MODELS="reference epoll async" benches/models.sh   # a subset
 #   PLAN_ONLY=1 benches/models.sh                      # print the plan, run nothing
+#   BASE=old/concur benches/models.sh                  # before/after: each model also
+#       runs as MODEL@base on the binary BASE, in the same round, and a last table
+#       gives this tree's figures as ratios to BASE's (a change must not slow a model)
 #
 # Builds this tree's concur unless CONCUR=path/to/concur; the load runs on the same
 # binary or CONCUR_LOAD=path/to/concur (it needs `load` and `hold`).
@@ -63,14 +66,24 @@ HOLD_MODELS=${HOLD_MODELS:-"reference $(models_where ceiling descriptors | tr '\
 # The --workers a model gets: one per connection (and some to spare) for a pool
 # whose workers serve one client each, else one.
 workers_for() {
-    if [ "$(fact "$1" ceiling)" = workers ]; then
+    if [ "$(fact "${1%@base}" ceiling)" = workers ]; then
         echo $((CONNS + 28))
     else
         echo 1
     fi
 }
 
+if [ -n "${BASE:-}" ]; then
+    with_base=""
+    for model in $MODELS; do
+        with_base="$with_base $model"
+        [ "$model" = reference ] || with_base="$with_base $model@base"
+    done
+    MODELS=$with_base
+fi
+
 for model in $MODELS $HOLD_MODELS; do
+    model=${model%@base}
     if [ "$model" != reference ] && ! fact "$model" model >/dev/null; then
         echo "error: unknown model '$model'; concur models lists them" >&2
         exit 2
@@ -117,13 +130,15 @@ cpu_ticks() {
     echo "$total"
 }
 
-# Start model $1 pinned to core 0; sets SERVER and ADDR.
+# Start model $1 pinned to core 0 (MODEL@base: on the binary $BASE); sets SERVER and ADDR.
 start() {
-    local model=$1 out=$WORK/$1.out
+    local model=${1%@base} out=$WORK/$1.out binary=$CONCUR
+    [ "$1" = "$model" ] || binary=$BASE
+    : >"$out" # empty it here: the last round's line must not be read as this one's
     if [ "$model" = reference ]; then
         taskset -c 0 "$REF" 0 >"$out" 2>/dev/null &
     else
-        taskset -c 0 "$CONCUR" serve --model "$model" --service echo --prefix '' \
+        taskset -c 0 "$binary" serve --model "$model" --service echo --prefix '' \
             --addr 127.0.0.1:0 --workers "$(workers_for "$model")" >"$out" 2>/dev/null &
     fi
     SERVER=$!
@@ -226,6 +241,14 @@ for m in models:
     else:
         vs, best = ("", ""), ""
     print(f"| {m} | {rps:,.0f} | {p99:,.0f} | {us:.2f} | {vs[0]} | {vs[1]} | {best} | {load_us:.2f} | {load_us / us:.2f}x | {errs} |")
+based = [m for m in models if m.endswith("@base") and rows.get(m) and rows.get(m[:-5])]
+if based:
+    print()
+    print("| model | req/s vs base | server CPU per request vs base |")
+    print("|---|---:|---:|")
+    for b in based:
+        new, old = rows[b[:-5]], rows[b]
+        print(f"| {b[:-5]} | {new[0] / old[0]:.2f}x | {new[2] / old[2]:.2f}x |")
 if hold:
     print()
     print(f"| model | RSS before | RSS holding {hold} | per connection |")
