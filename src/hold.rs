@@ -260,9 +260,9 @@ impl HoldReport {
 pub fn run(args: &HoldArgs) -> Result<u8> {
     let report = run_hold(&args.config())?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::output::print_out(&format!("{}\n", serde_json::to_string(&report)?))?;
     } else {
-        print!("{}", render(&report));
+        crate::output::print_out(&render(&report))?;
     }
     Ok(report.exit_code())
 }

@@ -9,6 +9,7 @@
 //! - [`lab`]: `concur lab`, the talk's questions as experiments and a report.
 //! - [`sys`]: CPU time, /proc readings, pinning, descriptor limits.
 //! - [`error`]: errors a user can act on, and their exit codes.
+//! - [`output`]: stdout that fails with one line, not a panic.
 //!
 //! `src/main.rs` only parses the command line and calls into these modules.
 
@@ -19,6 +20,7 @@ pub mod lab;
 pub mod load;
 pub mod logging;
 pub mod models;
+pub mod output;
 pub mod protocol;
 pub mod serve;
 pub mod sys;

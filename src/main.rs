@@ -14,7 +14,7 @@
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use std::io::Write;
+use concur::output::print_out;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -189,18 +189,6 @@ fn man_page(subcommand: Option<&str>) -> anyhow::Result<String> {
     let mut page = Vec::new();
     clap_mangen::Man::new(cmd).render(&mut page)?;
     Ok(String::from_utf8_lossy(&page).into_owned())
-}
-
-/// Write `text` to stdout and flush. A closed pipe is not an error (the reader has
-/// what it wanted); any other failure is, with one line saying where it happened.
-fn print_out(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(anyhow::anyhow!("writing to stdout: {e}"))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// clap's error, short: see the module docs for what is kept.

@@ -199,6 +199,51 @@ fn a_full_stdout_is_one_line_and_exit_1() {
     }
 }
 
+/// `load`, `hold` and `merge` print their reports through the same checked write:
+/// a full stdout is one line and exit 1 there too, after the measurement ran.
+#[test]
+fn reports_to_a_full_stdout_are_one_line_and_exit_1() {
+    let server = Server::start("epoll", "echo", &[]);
+    let addr = server.addr.to_string();
+    let report = concur(&["load", "--addr", &addr, "--requests", "50", "--json"]);
+    assert!(report.status.success(), "{}", text(&report.stderr));
+    let file = std::env::temp_dir().join(format!("concur-cli-{}.json", std::process::id()));
+    std::fs::write(&file, &report.stdout).unwrap();
+    let path = file.to_string_lossy().into_owned();
+    for args in [
+        &["load", "--addr", &addr, "--requests", "50"][..],
+        &["load", "--addr", &addr, "--requests", "50", "--json"],
+        &[
+            "hold",
+            "--addr",
+            &addr,
+            "--conns",
+            "5",
+            "--duration",
+            "100ms",
+        ],
+        &["merge", &path, &path],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let out = Command::new(env!("CARGO_BIN_EXE_concur"))
+            .args(args)
+            .stdout(full)
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: writing to stdout"),
+            "{args:?}: {err}"
+        );
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
 #[test]
 fn fib_json_is_one_line_per_object() {
     let out = concur(&["fib", "--n", "20,21", "--mode", "threads", "--json"]);

@@ -404,7 +404,7 @@ impl LoadArgs {
             timeout: self.timeout,
             heavy: self.mix,
             threads: self.threads,
-            progress: std::io::stderr().is_terminal(),
+            progress: std::io::stderr().is_terminal() && !crate::logging::quiet(),
             server_pid: self.server_pid,
             start_at: self.start_at,
         }
@@ -442,11 +442,11 @@ pub fn run_load(config: &LoadConfig) -> Result<LoadReport> {
 pub fn run(args: &LoadArgs) -> Result<u8> {
     let report = run_load(&args.config())?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::output::print_out(&format!("{}\n", serde_json::to_string(&report)?))?;
     } else {
-        print!("{}", report::render(&report));
+        crate::output::print_out(&report::render(&report))?;
         if report.requests_ok == 0 && report.errors_total == 0 {
-            println!("no request completed: nothing was verified");
+            crate::output::print_out("no request completed: nothing was verified\n")?;
         }
     }
     Ok(report.exit_code())
@@ -515,9 +515,9 @@ pub fn run_merge(args: &MergeArgs) -> Result<u8> {
         eprintln!("warning: {w}");
     }
     if args.json {
-        println!("{}", serde_json::to_string(&merged)?);
+        crate::output::print_out(&format!("{}\n", serde_json::to_string(&merged)?))?;
     } else {
-        print!("{}", report::render(&merged));
+        crate::output::print_out(&report::render(&merged))?;
     }
     Ok(merged.exit_code())
 }
