@@ -167,6 +167,26 @@ fn negative_numbers_must_be_positive_for_every_numeric_option() {
     }
 }
 
+/// Run `concur ARGS` with stdout on /dev/full: one error line, exit 1.
+fn fails_on_a_full_stdout(args: &[&str]) {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = Command::new(env!("CARGO_BIN_EXE_concur"))
+        .args(args)
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    assert!(
+        err.starts_with("error: writing to stdout"),
+        "{args:?}: {err}"
+    );
+}
+
 #[test]
 fn a_full_stdout_is_one_line_and_exit_1() {
     for args in [
@@ -180,22 +200,7 @@ fn a_full_stdout_is_one_line_and_exit_1() {
         &["fib", "--help"],
         &["--version"],
     ] {
-        let full = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .expect("/dev/full");
-        let out = Command::new(env!("CARGO_BIN_EXE_concur"))
-            .args(args)
-            .stdout(full)
-            .output()
-            .unwrap();
-        let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-        assert!(
-            err.starts_with("error: writing to stdout"),
-            "{args:?}: {err}"
-        );
+        fails_on_a_full_stdout(args);
     }
 }
 
@@ -224,22 +229,7 @@ fn reports_to_a_full_stdout_are_one_line_and_exit_1() {
         ],
         &["merge", &path, &path],
     ] {
-        let full = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .expect("/dev/full");
-        let out = Command::new(env!("CARGO_BIN_EXE_concur"))
-            .args(args)
-            .stdout(full)
-            .output()
-            .unwrap();
-        let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-        assert!(
-            err.starts_with("error: writing to stdout"),
-            "{args:?}: {err}"
-        );
+        fails_on_a_full_stdout(args);
     }
     let _ = std::fs::remove_file(&file);
 }
