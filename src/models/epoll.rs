@@ -19,7 +19,10 @@
 //! changed", not "readable now", so each client keeps [`Hints`] and
 //! [`Conn::drive`] reads and writes until the socket would block.
 //!
-//! Deadlines (idle timeout, linger) are checked by a sweep every [`SWEEP`](crate::serve::lifecycle::SWEEP), not on
+//! Everything else about the loop's life is [`Lifecycle`]'s, the same for select
+//! and uring: accepting a turn's quota under `--max-conns`, backing off when out of
+//! descriptors, stopping with a grace period, and checking deadlines (idle timeout,
+//! linger) by a sweep every [`SWEEP`](crate::serve::lifecycle::SWEEP) rather than on
 //! every turn, so a busy loop does no per-client work beyond the ready ones.
 //!
 //! fib runs inline on the loop's thread, as in the talk, unless `--offload` sends it

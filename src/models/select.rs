@@ -22,6 +22,10 @@
 //! loops and CPU-bound work. `--offload` hands it to a worker pool instead
 //! ([`crate::serve::offload`]); the pool's eventfd joins the select set.
 //!
+//! Accepting, `--max-conns`, the EMFILE back-off, stopping with a grace period and
+//! the idle deadlines are the [`Lifecycle`] every event loop shares; this walk over
+//! every client each turn is also where their deadlines are checked.
+//!
 //! Cost: per turn, select copies and scans three bitmaps up to the highest fd, and
 //! this loop walks every client: O(clients) per wake-up. Ceiling: select(2) cannot
 //! watch a descriptor >= FD_SETSIZE (1024), so about 1000 clients; a client whose

@@ -38,6 +38,11 @@
 //! (Linux 5.19) and the multishot recv (Linux 6.0), trying each for real; if one is
 //! missing the model exits with status 2 and one line saying which.
 //!
+//! The loop's life outside its clients (admitting under `--max-conns`, the EMFILE
+//! back-off, stopping with a grace period) is the [`Lifecycle`] select and epoll
+//! share; here a timeout operation every [`SWEEP`] is the sweep that checks
+//! deadlines and resumes a paused accept.
+//!
 //! Cost per connection: the [`Conn`], the client entry and its small send buffer:
 //! about 600 bytes resident per idle connection (measured with 10,000 held), plus
 //! the kernel's poll entry for the armed recv. Ceiling: the descriptor limit and
