@@ -242,6 +242,9 @@ pub struct HoldReport {
     /// several agents come from adding these, never from averaging `rtt_us`.
     #[serde(default)]
     pub histogram: String,
+    /// Ctrl-C stopped the run: the report holds what was measured until then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 impl HoldReport {
@@ -256,15 +259,21 @@ impl HoldReport {
     }
 }
 
-/// `concur hold`: run, print, return the exit status.
+/// `concur hold`: run, print, return the exit status: the report's, or
+/// [`crate::interrupt::EXIT_CODE`] when Ctrl-C stopped the run.
 pub fn run(args: &HoldArgs) -> Result<u8> {
+    crate::interrupt::catch();
     let report = run_hold(&args.config())?;
     if args.json {
         crate::output::print_out(&format!("{}\n", serde_json::to_string(&report)?))?;
     } else {
         crate::output::print_out(&render(&report))?;
     }
-    Ok(report.exit_code())
+    Ok(if report.interrupted {
+        crate::interrupt::EXIT_CODE
+    } else {
+        report.exit_code()
+    })
 }
 
 fn server_sample(pid: u32) -> Option<(u64, u64, usize)> {
@@ -382,6 +391,7 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
         },
         duration_secs: config.duration.as_secs_f64(),
         histogram: crate::load::report::encode_histogram(&h.rtt),
+        interrupted: crate::interrupt::requested(),
     })
 }
 
@@ -518,6 +528,10 @@ impl<'a> Hold<'a> {
         let mut pending: VecDeque<usize> = VecDeque::new();
         let mut in_progress = 0usize;
         while next < self.config.conns || in_progress > 0 {
+            // Ctrl-C: connects still in progress are neither opened nor failed.
+            if crate::interrupt::requested() {
+                break;
+            }
             while next < self.config.conns && in_progress < self.config.batch {
                 let i = next;
                 next += 1;
@@ -610,6 +624,10 @@ impl<'a> Hold<'a> {
         let mut last_finished = Instant::now();
         let mut stalled = false;
         loop {
+            if crate::interrupt::requested() {
+                // Ctrl-C: round trips in flight or untried are not errors.
+                return Ok(());
+            }
             while !stalled && in_flight < limit && next < self.slots.len() {
                 let i = next;
                 next += 1;
@@ -754,7 +772,10 @@ impl<'a> Hold<'a> {
         sample(self);
         loop {
             let now = Instant::now();
-            if now >= end || self.slots.iter().all(|s| s.stream.is_none()) {
+            if now >= end
+                || self.slots.iter().all(|s| s.stream.is_none())
+                || crate::interrupt::requested()
+            {
                 break;
             }
             let wait = (end - now).min(Duration::from_millis(100));
@@ -820,6 +841,12 @@ pub fn render(r: &HoldReport) -> String {
     );
     if let Some(late) = r.start_late_secs {
         let _ = writeln!(out, "started {late:.6} s after --start-at");
+    }
+    if r.interrupted {
+        let _ = writeln!(
+            out,
+            "interrupted: stopped by Ctrl-C; what was measured until then"
+        );
     }
     let _ = writeln!(
         out,

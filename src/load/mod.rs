@@ -165,13 +165,14 @@ fn rfc3339_unix(t: &str) -> Option<f64> {
     Some(secs as f64 + frac)
 }
 
-/// Sleep until `at` (wall clock); a time already past returns at once.
+/// Sleep until `at` (wall clock); a time already past returns at once, and so does
+/// Ctrl-C (see [`crate::interrupt`]).
 pub fn wait_until(at: SystemTime) {
     while let Ok(left) = at.duration_since(SystemTime::now()) {
-        if left.is_zero() {
+        if left.is_zero() || crate::interrupt::requested() {
             break;
         }
-        std::thread::sleep(left);
+        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
 }
 
@@ -438,18 +439,45 @@ pub fn run_load(config: &LoadConfig) -> Result<LoadReport> {
     Ok(report)
 }
 
-/// `concur load`: run, print the table (or JSON), return the exit status.
+/// The JSON `concur load` prints: the report, and `"interrupted": true` when Ctrl-C
+/// stopped the run (the report then holds what was measured until then).
+#[derive(Serialize)]
+struct Printed<'a> {
+    #[serde(flatten)]
+    report: &'a LoadReport,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    interrupted: bool,
+}
+
+/// `concur load`: run, print the table (or JSON), return the exit status: the
+/// report's, or [`crate::interrupt::EXIT_CODE`] when Ctrl-C stopped the run.
 pub fn run(args: &LoadArgs) -> Result<u8> {
+    crate::interrupt::catch();
     let report = run_load(&args.config())?;
+    let interrupted = crate::interrupt::requested();
     if args.json {
-        crate::output::print_out(&format!("{}\n", serde_json::to_string(&report)?))?;
+        let printed = Printed {
+            report: &report,
+            interrupted,
+        };
+        crate::output::print_out(&format!("{}\n", serde_json::to_string(&printed)?))?;
     } else {
+        if interrupted {
+            crate::output::print_out(&format!(
+                "interrupted: stopped by Ctrl-C after {:.2} s; what was measured until then\n",
+                report.elapsed_secs
+            ))?;
+        }
         crate::output::print_out(&report::render(&report))?;
         if report.requests_ok == 0 && report.errors_total == 0 {
             crate::output::print_out("no request completed: nothing was verified\n")?;
         }
     }
-    Ok(report.exit_code())
+    Ok(if interrupted {
+        crate::interrupt::EXIT_CODE
+    } else {
+        report.exit_code()
+    })
 }
 
 /// `concur merge` on the command line.
