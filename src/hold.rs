@@ -18,7 +18,7 @@
 //!    tried are counted as `not_tried` and the phase ends.
 //! 3. **Hold.** Keep everything open for `--duration` (or until the server has closed
 //!    every connection: then nothing is left to hold); a connection the server closes
-//!    meanwhile is counted. Given `--pid`, the server's RSS, threads and children are
+//!    meanwhile is counted. Given `--server-pid`, the server's RSS, threads and children are
 //!    read from /proc before opening and (at their peak) while holding, so the cost
 //!    of a connection in each concurrency model is a number: a thread-per-connection
 //!    server grows by a thread and a stack per connection, an event loop by a buffer.
@@ -57,16 +57,18 @@ pub struct HoldArgs {
     /// Connections to open and hold at once
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
-    /// How long to hold them all open once opened (e.g. 10s, 500ms)
+    /// How long to hold them all open once opened (e.g. 10s, 500ms); 0s opens them,
+    /// makes the round trips and closes them at once (a quick check that N fit)
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
     /// The protocol of the one round trip on each connection
     #[arg(long, value_enum, default_value_t = Service::Echo)]
     pub service: Service,
     /// The server's process id: report its RSS, threads and children from /proc
-    #[arg(long)]
-    pub pid: Option<u32>,
-    /// Give up on a connect or a reply after this long
+    /// (the same name as on `concur load`; `--pid` still works)
+    #[arg(long, visible_alias = "pid", value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Give up on a connect or a reply after this long (more than 0)
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub timeout: Duration,
     /// On loopback, connections per source address (127.0.0.1, .2, ...)
@@ -97,7 +99,8 @@ pub struct HoldConfig {
     pub conns: usize,
     pub duration: Duration,
     pub service: Service,
-    pub pid: Option<u32>,
+    /// `--server-pid`: the server whose /proc entry to read.
+    pub server_pid: Option<u32>,
     pub timeout: Duration,
     pub per_source: usize,
     pub batch: usize,
@@ -120,7 +123,7 @@ impl HoldConfig {
             conns,
             duration: Duration::from_secs(10),
             service: Service::Echo,
-            pid: None,
+            server_pid: None,
             timeout: Duration::from_secs(5),
             per_source: 20_000,
             batch: 512,
@@ -138,7 +141,7 @@ impl HoldArgs {
         HoldConfig {
             duration: self.duration,
             service: self.service,
-            pid: self.pid,
+            server_pid: self.server_pid,
             timeout: self.timeout,
             per_source: self.per_source,
             batch: self.batch,
@@ -301,13 +304,16 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
             config.conns
         )));
     }
-    let before = match config.pid {
-        Some(pid) => Some(
-            server_sample(pid)
-                .ok_or_else(|| bad_input(format!("--pid {pid}: no such process in /proc")))?,
-        ),
-        None => None,
-    };
+    if config.timeout.is_zero() {
+        return Err(bad_input("--timeout must be more than 0"));
+    }
+    let before =
+        match config.server_pid {
+            Some(pid) => Some(server_sample(pid).ok_or_else(|| {
+                bad_input(format!("--server-pid {pid}: no such process in /proc"))
+            })?),
+            None => None,
+        };
     let mut h = Hold::new(config, addr)?;
     if let Some(at) = config.start_at {
         crate::load::wait_until(at);
@@ -320,14 +326,14 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
     let mut peak = before;
     let hold_start = Instant::now();
     h.hold(config.duration, |_| {
-        if let (Some(pid), Some(p)) = (config.pid, &mut peak)
+        if let (Some(pid), Some(p)) = (config.server_pid, &mut peak)
             && let Some(s) = server_sample(pid)
         {
             *p = (p.0.max(s.0), p.1.max(s.1), p.2.max(s.2));
         }
     })?;
     let held_secs = hold_start.elapsed().as_secs_f64();
-    let server = match (config.pid, before, peak) {
+    let server = match (config.server_pid, before, peak) {
         (Some(pid), Some(b), Some(p)) => Some(ServerStats {
             pid,
             rss_before_bytes: b.0,

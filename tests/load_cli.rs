@@ -160,3 +160,112 @@ fn requests_past_the_budget_counter_are_refused() {
 fn dead_port_text() -> String {
     common::dead_port().to_string()
 }
+
+/// One rule for both clients: a zero timeout is refused (every round trip would time
+/// out), and so is a run given two ends (`--requests` and `--duration`).
+#[test]
+fn zero_timeouts_and_two_ends_are_refused_in_one_line() {
+    for (args, names) in [
+        (
+            &["load", "--addr", "127.0.0.1:1", "--timeout", "0s"][..],
+            &["--timeout"][..],
+        ),
+        (
+            &["hold", "--addr", "127.0.0.1:1", "--timeout", "0s"],
+            &["--timeout"],
+        ),
+        (
+            &["load", "--addr", "127.0.0.1:1", "--duration", "0s"],
+            &["--duration"],
+        ),
+        (
+            &[
+                "load",
+                "--addr",
+                "127.0.0.1:1",
+                "--requests",
+                "1000",
+                "--duration",
+                "1s",
+            ],
+            &["--requests", "--duration"],
+        ),
+    ] {
+        let (code, out, err) = concur(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        for name in names {
+            assert!(err.contains(name), "{args:?}: {err}");
+        }
+    }
+}
+
+/// `hold --duration 0s` opens, verifies and closes: every connection answered.
+#[test]
+fn hold_for_zero_seconds_opens_verifies_and_closes() {
+    let addr = serve(echo(), Fault::None).to_string();
+    let (code, out, err) = concur(&[
+        "hold",
+        "--addr",
+        &addr,
+        "--conns",
+        "10",
+        "--duration",
+        "0s",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(
+        (v["opened"].as_u64(), v["answered_ok"].as_u64()),
+        (Some(10), Some(10)),
+        "{v}"
+    );
+    assert_eq!(v["duration_secs"], 0.0, "{v}");
+}
+
+/// The server's process id is `--server-pid` on both clients; hold keeps `--pid`
+/// as a visible alias (scripts use it).
+#[test]
+fn server_pid_is_one_name_and_pid_an_alias_on_hold() {
+    let addr = serve(echo(), Fault::None).to_string();
+    let me = std::process::id().to_string();
+    for flag in ["--server-pid", "--pid"] {
+        let (code, out, err) = concur(&[
+            "hold",
+            "--addr",
+            &addr,
+            "--conns",
+            "2",
+            "--duration",
+            "0s",
+            flag,
+            &me,
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{flag}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+        assert_eq!(
+            v["server"]["pid"].as_u64(),
+            Some(u64::from(std::process::id())),
+            "{flag}: {v}"
+        );
+    }
+    let (code, out, _) = concur(&["hold", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--server-pid <PID>"), "{out}");
+    assert!(out.contains("[alias: --pid]"), "{out}");
+    let (code, _, err) = concur(&[
+        "hold",
+        "--addr",
+        "127.0.0.1:1",
+        "--server-pid",
+        "4000000000",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--server-pid 4000000000"), "{err}");
+    let (code, out, _) = concur(&["load", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--server-pid <PID>"), "{out}");
+}

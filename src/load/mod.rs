@@ -215,10 +215,11 @@ pub struct LoadArgs {
     /// Concurrent connections
     #[arg(long, default_value_t = 10)]
     pub conns: usize,
-    /// How long to run (e.g. 10s, 500ms, 2m); default 10s unless --requests is given
+    /// How long to run (e.g. 10s, 500ms, 2m; more than 0); default 10s unless
+    /// --requests is given (not both: each is a way to end the run)
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Stop after exactly this many requests (over all connections)
+    /// Stop after exactly this many requests (over all connections); not with --duration
     #[arg(long)]
     pub requests: Option<u64>,
     /// Echo payload size in bytes
@@ -239,7 +240,8 @@ pub struct LoadArgs {
     /// End fib requests with '?' as in the talk's select example (default: newline)
     #[arg(long)]
     pub question: bool,
-    /// A connection whose reply does not arrive in this time is a timeout error
+    /// A connection whose reply does not arrive in this time is a timeout error (more
+    /// than 0)
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub timeout: Duration,
     /// heavy=K: one connection asks fib(K) in a loop, the others measure fib(--n)
@@ -345,6 +347,12 @@ impl LoadConfig {
             return Err(bad_input(format!(
                 "--requests must be at most {MAX_REQUESTS}"
             )));
+        }
+        if self.requests.is_some() && self.duration.is_some() {
+            return Err(bad_input(
+                "--requests and --duration both end the run: give one (--requests R stops \
+                 after exactly R requests, --duration after that time)",
+            ));
         }
         if self.duration == Some(Duration::ZERO) {
             return Err(bad_input("--duration must be more than 0"));
