@@ -863,11 +863,20 @@ pub fn render(r: &HoldReport) -> String {
         let _ = writeln!(out, "  failed {errno}: {n}");
     }
     let e = &r.rtt_errors;
-    let _ = writeln!(
+    // Percentiles only of round trips that happened.
+    let _ = write!(
         out,
-        "round trip ({} in flight at most): answered ok {}/{}   p50 {:.1} us   p99 {:.1} us   max {:.1} us",
-        r.in_flight, r.answered_ok, r.conns, r.rtt_us.p50, r.rtt_us.p99, r.rtt_us.max
+        "round trip ({} in flight at most): answered ok {}/{}",
+        r.in_flight, r.answered_ok, r.conns
     );
+    if r.answered_ok > 0 {
+        let _ = write!(
+            out,
+            "   p50 {:.1} us   p99 {:.1} us   max {:.1} us",
+            r.rtt_us.p50, r.rtt_us.p99, r.rtt_us.max
+        );
+    }
+    let _ = writeln!(out);
     if e.total() > 0 {
         let _ = writeln!(
             out,
@@ -888,16 +897,22 @@ pub fn render(r: &HoldReport) -> String {
     );
     if let Some(s) = &r.server {
         let grown = s.rss_holding_bytes.saturating_sub(s.rss_before_bytes);
-        let per = grown.checked_div(r.opened).unwrap_or(0);
+        // No growth is not "0 B per connection": a server that held connections
+        // before keeps (and reuses) that memory, so the cost is not visible here.
+        let cost = match grown.checked_div(r.opened) {
+            Some(per) if grown > 0 => format!("+{:.1} MB, {per} B per connection", mb(grown)),
+            _ if r.opened == 0 => "nothing held".to_string(),
+            _ => "did not grow: memory kept from earlier connections was reused, \
+                  so this is not a per-connection cost"
+                .to_string(),
+        };
         let _ = writeln!(
             out,
-            "server pid {}: rss {:.1} MB before, {:.1} MB holding (+{:.1} MB, {} B per connection); \
+            "server pid {}: rss {:.1} MB before, {:.1} MB holding ({cost}); \
              threads {} -> {}; children {} -> {}",
             s.pid,
             mb(s.rss_before_bytes),
             mb(s.rss_holding_bytes),
-            mb(grown),
-            per,
             s.threads_before,
             s.threads_holding,
             s.children_before,

@@ -447,6 +447,23 @@ pub fn run_load(config: &LoadConfig) -> Result<LoadReport> {
     Ok(report)
 }
 
+/// Below this share of `--rate`, the rate asked was not the rate measured.
+const RATE_SHORTFALL: f64 = 0.9;
+
+/// One line when the open loop fell well short of `--rate`: the latencies then
+/// describe the rate achieved, not the one asked (the server, or this client, could
+/// not keep up).
+pub fn rate_warning(r: &LoadReport) -> Option<String> {
+    let asked = r.rate?;
+    (r.req_per_s < RATE_SHORTFALL * asked).then(|| {
+        format!(
+            "--rate {asked} req/s asked, {:.0} req/s achieved: the server or this client \
+             could not keep up, so the figures are for the rate achieved",
+            r.req_per_s
+        )
+    })
+}
+
 /// The JSON `concur load` prints: the report, and `"interrupted": true` when Ctrl-C
 /// stopped the run (the report then holds what was measured until then).
 #[derive(Serialize)]
@@ -463,6 +480,11 @@ pub fn run(args: &LoadArgs) -> Result<u8> {
     crate::interrupt::catch();
     let report = run_load(&args.config())?;
     let interrupted = crate::interrupt::requested();
+    if let Some(warning) = rate_warning(&report)
+        && !crate::logging::quiet()
+    {
+        eprintln!("warning: {warning}");
+    }
     if args.json {
         let printed = Printed {
             report: &report,
