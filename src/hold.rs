@@ -18,7 +18,7 @@
 //!    tried are counted as `not_tried` and the phase ends.
 //! 3. **Hold.** Keep everything open for `--duration` (or until the server has closed
 //!    every connection: then nothing is left to hold); a connection the server closes
-//!    meanwhile is counted. Given `--pid`, the server's RSS, threads and children are
+//!    meanwhile is counted. Given `--server-pid`, the server's RSS, threads and children are
 //!    read from /proc before opening and (at their peak) while holding, so the cost
 //!    of a connection in each concurrency model is a number: a thread-per-connection
 //!    server grows by a thread and a stack per connection, an event loop by a buffer.
@@ -57,16 +57,18 @@ pub struct HoldArgs {
     /// Connections to open and hold at once
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
-    /// How long to hold them all open once opened (e.g. 10s, 500ms)
+    /// How long to hold them all open once opened (e.g. 10s, 500ms); 0s opens them,
+    /// makes the round trips and closes them at once (a quick check that N fit)
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
     /// The protocol of the one round trip on each connection
     #[arg(long, value_enum, default_value_t = Service::Echo)]
     pub service: Service,
     /// The server's process id: report its RSS, threads and children from /proc
-    #[arg(long)]
-    pub pid: Option<u32>,
-    /// Give up on a connect or a reply after this long
+    /// (the same name as on `concur load`; `--pid` still works)
+    #[arg(long, visible_alias = "pid", value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Give up on a connect or a reply after this long (more than 0)
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub timeout: Duration,
     /// On loopback, connections per source address (127.0.0.1, .2, ...)
@@ -97,7 +99,8 @@ pub struct HoldConfig {
     pub conns: usize,
     pub duration: Duration,
     pub service: Service,
-    pub pid: Option<u32>,
+    /// `--server-pid`: the server whose /proc entry to read.
+    pub server_pid: Option<u32>,
     pub timeout: Duration,
     pub per_source: usize,
     pub batch: usize,
@@ -120,7 +123,7 @@ impl HoldConfig {
             conns,
             duration: Duration::from_secs(10),
             service: Service::Echo,
-            pid: None,
+            server_pid: None,
             timeout: Duration::from_secs(5),
             per_source: 20_000,
             batch: 512,
@@ -138,7 +141,7 @@ impl HoldArgs {
         HoldConfig {
             duration: self.duration,
             service: self.service,
-            pid: self.pid,
+            server_pid: self.server_pid,
             timeout: self.timeout,
             per_source: self.per_source,
             batch: self.batch,
@@ -242,6 +245,9 @@ pub struct HoldReport {
     /// several agents come from adding these, never from averaging `rtt_us`.
     #[serde(default)]
     pub histogram: String,
+    /// Ctrl-C stopped the run: the report holds what was measured until then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 impl HoldReport {
@@ -256,15 +262,21 @@ impl HoldReport {
     }
 }
 
-/// `concur hold`: run, print, return the exit status.
+/// `concur hold`: run, print, return the exit status: the report's, or
+/// [`crate::interrupt::EXIT_CODE`] when Ctrl-C stopped the run.
 pub fn run(args: &HoldArgs) -> Result<u8> {
+    crate::interrupt::catch();
     let report = run_hold(&args.config())?;
     if args.json {
         crate::output::print_out(&format!("{}\n", serde_json::to_string(&report)?))?;
     } else {
         crate::output::print_out(&render(&report))?;
     }
-    Ok(report.exit_code())
+    Ok(if report.interrupted {
+        crate::interrupt::EXIT_CODE
+    } else {
+        report.exit_code()
+    })
 }
 
 fn server_sample(pid: u32) -> Option<(u64, u64, usize)> {
@@ -292,13 +304,16 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
             config.conns
         )));
     }
-    let before = match config.pid {
-        Some(pid) => Some(
-            server_sample(pid)
-                .ok_or_else(|| bad_input(format!("--pid {pid}: no such process in /proc")))?,
-        ),
-        None => None,
-    };
+    if config.timeout.is_zero() {
+        return Err(bad_input("--timeout must be more than 0"));
+    }
+    let before =
+        match config.server_pid {
+            Some(pid) => Some(server_sample(pid).ok_or_else(|| {
+                bad_input(format!("--server-pid {pid}: no such process in /proc"))
+            })?),
+            None => None,
+        };
     let mut h = Hold::new(config, addr)?;
     if let Some(at) = config.start_at {
         crate::load::wait_until(at);
@@ -311,14 +326,14 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
     let mut peak = before;
     let hold_start = Instant::now();
     h.hold(config.duration, |_| {
-        if let (Some(pid), Some(p)) = (config.pid, &mut peak)
+        if let (Some(pid), Some(p)) = (config.server_pid, &mut peak)
             && let Some(s) = server_sample(pid)
         {
             *p = (p.0.max(s.0), p.1.max(s.1), p.2.max(s.2));
         }
     })?;
     let held_secs = hold_start.elapsed().as_secs_f64();
-    let server = match (config.pid, before, peak) {
+    let server = match (config.server_pid, before, peak) {
         (Some(pid), Some(b), Some(p)) => Some(ServerStats {
             pid,
             rss_before_bytes: b.0,
@@ -382,6 +397,7 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
         },
         duration_secs: config.duration.as_secs_f64(),
         histogram: crate::load::report::encode_histogram(&h.rtt),
+        interrupted: crate::interrupt::requested(),
     })
 }
 
@@ -518,6 +534,10 @@ impl<'a> Hold<'a> {
         let mut pending: VecDeque<usize> = VecDeque::new();
         let mut in_progress = 0usize;
         while next < self.config.conns || in_progress > 0 {
+            // Ctrl-C: connects still in progress are neither opened nor failed.
+            if crate::interrupt::requested() {
+                break;
+            }
             while next < self.config.conns && in_progress < self.config.batch {
                 let i = next;
                 next += 1;
@@ -610,6 +630,10 @@ impl<'a> Hold<'a> {
         let mut last_finished = Instant::now();
         let mut stalled = false;
         loop {
+            if crate::interrupt::requested() {
+                // Ctrl-C: round trips in flight or untried are not errors.
+                return Ok(());
+            }
             while !stalled && in_flight < limit && next < self.slots.len() {
                 let i = next;
                 next += 1;
@@ -754,7 +778,10 @@ impl<'a> Hold<'a> {
         sample(self);
         loop {
             let now = Instant::now();
-            if now >= end || self.slots.iter().all(|s| s.stream.is_none()) {
+            if now >= end
+                || self.slots.iter().all(|s| s.stream.is_none())
+                || crate::interrupt::requested()
+            {
                 break;
             }
             let wait = (end - now).min(Duration::from_millis(100));
@@ -821,6 +848,12 @@ pub fn render(r: &HoldReport) -> String {
     if let Some(late) = r.start_late_secs {
         let _ = writeln!(out, "started {late:.6} s after --start-at");
     }
+    if r.interrupted {
+        let _ = writeln!(
+            out,
+            "interrupted: stopped by Ctrl-C; what was measured until then"
+        );
+    }
     let _ = writeln!(
         out,
         "opened {}/{} in {:.3} s   failed {}",
@@ -830,11 +863,20 @@ pub fn render(r: &HoldReport) -> String {
         let _ = writeln!(out, "  failed {errno}: {n}");
     }
     let e = &r.rtt_errors;
-    let _ = writeln!(
+    // Percentiles only of round trips that happened.
+    let _ = write!(
         out,
-        "round trip ({} in flight at most): answered ok {}/{}   p50 {:.1} us   p99 {:.1} us   max {:.1} us",
-        r.in_flight, r.answered_ok, r.conns, r.rtt_us.p50, r.rtt_us.p99, r.rtt_us.max
+        "round trip ({} in flight at most): answered ok {}/{}",
+        r.in_flight, r.answered_ok, r.conns
     );
+    if r.answered_ok > 0 {
+        let _ = write!(
+            out,
+            "   p50 {:.1} us   p99 {:.1} us   max {:.1} us",
+            r.rtt_us.p50, r.rtt_us.p99, r.rtt_us.max
+        );
+    }
+    let _ = writeln!(out);
     if e.total() > 0 {
         let _ = writeln!(
             out,
@@ -855,16 +897,22 @@ pub fn render(r: &HoldReport) -> String {
     );
     if let Some(s) = &r.server {
         let grown = s.rss_holding_bytes.saturating_sub(s.rss_before_bytes);
-        let per = grown.checked_div(r.opened).unwrap_or(0);
+        // No growth is not "0 B per connection": a server that held connections
+        // before keeps (and reuses) that memory, so the cost is not visible here.
+        let cost = match grown.checked_div(r.opened) {
+            Some(per) if grown > 0 => format!("+{:.1} MB, {per} B per connection", mb(grown)),
+            _ if r.opened == 0 => "nothing held".to_string(),
+            _ => "did not grow: memory kept from earlier connections was reused, \
+                  so this is not a per-connection cost"
+                .to_string(),
+        };
         let _ = writeln!(
             out,
-            "server pid {}: rss {:.1} MB before, {:.1} MB holding (+{:.1} MB, {} B per connection); \
+            "server pid {}: rss {:.1} MB before, {:.1} MB holding ({cost}); \
              threads {} -> {}; children {} -> {}",
             s.pid,
             mb(s.rss_before_bytes),
             mb(s.rss_holding_bytes),
-            mb(grown),
-            per,
             s.threads_before,
             s.threads_holding,
             s.children_before,

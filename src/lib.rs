@@ -16,6 +16,7 @@
 pub mod error;
 pub mod fib;
 pub mod hold;
+pub mod interrupt;
 pub mod lab;
 pub mod load;
 pub mod logging;

@@ -77,7 +77,7 @@ fn server_growth_is_read_from_proc() {
     // threads move its numbers.
     let server = serve_harness::Server::start("threads", "echo", &[]);
     let mut c = config(server.addr, 200);
-    c.pid = Some(server.pid);
+    c.server_pid = Some(server.pid);
     let r = run_hold(&c).expect("hold");
     assert_eq!((r.opened, r.answered_ok), (200, 200), "{r:?}");
     let s = r.server.clone().expect("server stats");

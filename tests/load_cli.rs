@@ -160,3 +160,251 @@ fn requests_past_the_budget_counter_are_refused() {
 fn dead_port_text() -> String {
     common::dead_port().to_string()
 }
+
+/// One rule for both clients: a zero timeout is refused (every round trip would time
+/// out), and so is a run given two ends (`--requests` and `--duration`).
+#[test]
+fn zero_timeouts_and_two_ends_are_refused_in_one_line() {
+    for (args, names) in [
+        (
+            &["load", "--addr", "127.0.0.1:1", "--timeout", "0s"][..],
+            &["--timeout"][..],
+        ),
+        (
+            &["hold", "--addr", "127.0.0.1:1", "--timeout", "0s"],
+            &["--timeout"],
+        ),
+        (
+            &["load", "--addr", "127.0.0.1:1", "--duration", "0s"],
+            &["--duration"],
+        ),
+        (
+            &[
+                "load",
+                "--addr",
+                "127.0.0.1:1",
+                "--requests",
+                "1000",
+                "--duration",
+                "1s",
+            ],
+            &["--requests", "--duration"],
+        ),
+    ] {
+        let (code, out, err) = concur(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        for name in names {
+            assert!(err.contains(name), "{args:?}: {err}");
+        }
+    }
+}
+
+/// `hold --duration 0s` opens, verifies and closes: every connection answered.
+#[test]
+fn hold_for_zero_seconds_opens_verifies_and_closes() {
+    let addr = serve(echo(), Fault::None).to_string();
+    let (code, out, err) = concur(&[
+        "hold",
+        "--addr",
+        &addr,
+        "--conns",
+        "10",
+        "--duration",
+        "0s",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(
+        (v["opened"].as_u64(), v["answered_ok"].as_u64()),
+        (Some(10), Some(10)),
+        "{v}"
+    );
+    assert_eq!(v["duration_secs"], 0.0, "{v}");
+}
+
+/// The server's process id is `--server-pid` on both clients; hold keeps `--pid`
+/// as a visible alias (scripts use it).
+#[test]
+fn server_pid_is_one_name_and_pid_an_alias_on_hold() {
+    let addr = serve(echo(), Fault::None).to_string();
+    let me = std::process::id().to_string();
+    for flag in ["--server-pid", "--pid"] {
+        let (code, out, err) = concur(&[
+            "hold",
+            "--addr",
+            &addr,
+            "--conns",
+            "2",
+            "--duration",
+            "0s",
+            flag,
+            &me,
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{flag}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+        assert_eq!(
+            v["server"]["pid"].as_u64(),
+            Some(u64::from(std::process::id())),
+            "{flag}: {v}"
+        );
+    }
+    let (code, out, _) = concur(&["hold", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--server-pid <PID>"), "{out}");
+    assert!(out.contains("[alias: --pid]"), "{out}");
+    let (code, _, err) = concur(&[
+        "hold",
+        "--addr",
+        "127.0.0.1:1",
+        "--server-pid",
+        "4000000000",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--server-pid 4000000000"), "{err}");
+    let (code, out, _) = concur(&["load", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--server-pid <PID>"), "{out}");
+}
+
+/// Run concur, killing it if it outlives `limit` (a guard against hangs: then `None`).
+fn concur_within(args: &[&str], limit: std::time::Duration) -> Option<(i32, String, String)> {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_concur"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run concur");
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    Some((status.code().unwrap_or(-1), out, err))
+}
+
+/// Against a closed port nothing is measured: no rate, no percentiles, and both
+/// clients stop at once instead of waiting out a 10-minute --duration.
+#[test]
+fn nothing_measured_prints_no_rates_or_percentiles_and_stops_at_once() {
+    let addr = common::dead_port().to_string();
+    let guard = std::time::Duration::from_secs(60);
+    let (code, out, err) = concur_within(
+        &["load", "--addr", &addr, "--conns", "2", "--duration", "10m"],
+        guard,
+    )
+    .expect("load stopped although every connection was refused");
+    assert_eq!(code, 1, "{err}");
+    assert!(out.contains("requests ok 0   errors 2"), "{out}");
+    assert!(!out.contains("req/s") && !out.contains("MB/s"), "{out}");
+    assert!(!out.contains("p50"), "{out}");
+
+    let (code, out, err) = concur_within(
+        &["hold", "--addr", &addr, "--conns", "5", "--duration", "10m"],
+        guard,
+    )
+    .expect("hold stopped although nothing was held");
+    assert_eq!(code, 1, "{err}");
+    assert!(out.contains("failed ECONNREFUSED: 5"), "{out}");
+    assert!(out.contains("answered ok 0/5"), "{out}");
+    assert!(!out.contains("p50") && !out.contains(" us"), "{out}");
+}
+
+/// An open loop far short of --rate says so in one warning line on stderr (and
+/// --quiet silences it); the report itself is unchanged.
+#[test]
+fn rate_far_above_what_was_achieved_warns_once() {
+    let addr = serve(echo(), Fault::None).to_string();
+    let run = |quiet: bool| {
+        let mut args = vec![
+            "load",
+            "--addr",
+            &addr,
+            "--conns",
+            "2",
+            "--rate",
+            "1000000000",
+            "--duration",
+            "300ms",
+            "--json",
+        ];
+        if quiet {
+            args.push("--quiet");
+        }
+        concur(&args)
+    };
+    let (code, out, err) = run(false);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    assert!(v["requests_ok"].as_u64().unwrap() > 0, "{v}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("--rate 1000000000 req/s asked"),
+        "{err}"
+    );
+    assert!(warnings[0].contains("req/s achieved"), "{err}");
+    let (code, _, err) = run(true);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.is_empty(), "{err}");
+}
+
+/// A server whose memory did not grow while held gets no "0 B per connection": the
+/// figure is said not to be a per-connection cost. (The pid read is a process that
+/// does nothing, so its memory cannot grow.)
+#[test]
+fn hold_without_memory_growth_does_not_claim_a_per_connection_cost() {
+    let addr = serve(echo(), Fault::None).to_string();
+    let mut idle = Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("start sleep");
+    let pid = idle.id().to_string();
+    // Until exec has replaced the forked test process, its memory still changes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() != "sleep\n" {
+        assert!(std::time::Instant::now() < deadline, "sleep never started");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let (code, out, err) = concur(&[
+        "hold",
+        "--addr",
+        &addr,
+        "--conns",
+        "5",
+        "--duration",
+        "0s",
+        "--server-pid",
+        &pid,
+    ]);
+    let _ = idle.kill();
+    let _ = idle.wait();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("server pid {pid}:")), "{out}");
+    assert!(out.contains("not a per-connection cost"), "{out}");
+    assert!(!out.contains("per connection)"), "{out}");
+}

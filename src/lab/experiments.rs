@@ -431,7 +431,7 @@ fn hold_run(lab: &Lab, server: &Server, n: u32) -> Result<(BTreeMap<String, f64>
         "--duration",
         &secs(lab.plan.hold_duration),
     ])
-    .args(["--pid", &pid.to_string()]);
+    .args(["--server-pid", &pid.to_string()]);
     let mut peak = before;
     let mut next_sample = Duration::ZERO;
     let limit = lab.plan.hold_duration + Duration::from_secs(120);

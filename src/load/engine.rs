@@ -706,6 +706,10 @@ impl Loop<'_> {
             if end.is_some_and(|e| now >= e) || self.live == 0 || self.live_light == 0 {
                 break;
             }
+            // Ctrl-C: stop here; what was verified so far is the report.
+            if crate::interrupt::requested() {
+                break;
+            }
             if plan.budget_spent() && self.light_inflight == 0 {
                 break;
             }

@@ -165,13 +165,14 @@ fn rfc3339_unix(t: &str) -> Option<f64> {
     Some(secs as f64 + frac)
 }
 
-/// Sleep until `at` (wall clock); a time already past returns at once.
+/// Sleep until `at` (wall clock); a time already past returns at once, and so does
+/// Ctrl-C (see [`crate::interrupt`]).
 pub fn wait_until(at: SystemTime) {
     while let Ok(left) = at.duration_since(SystemTime::now()) {
-        if left.is_zero() {
+        if left.is_zero() || crate::interrupt::requested() {
             break;
         }
-        std::thread::sleep(left);
+        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
 }
 
@@ -214,10 +215,11 @@ pub struct LoadArgs {
     /// Concurrent connections
     #[arg(long, default_value_t = 10)]
     pub conns: usize,
-    /// How long to run (e.g. 10s, 500ms, 2m); default 10s unless --requests is given
+    /// How long to run (e.g. 10s, 500ms, 2m; more than 0); default 10s unless
+    /// --requests is given (not both: each is a way to end the run)
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Stop after exactly this many requests (over all connections)
+    /// Stop after exactly this many requests (over all connections); not with --duration
     #[arg(long)]
     pub requests: Option<u64>,
     /// Echo payload size in bytes
@@ -238,7 +240,8 @@ pub struct LoadArgs {
     /// End fib requests with '?' as in the talk's select example (default: newline)
     #[arg(long)]
     pub question: bool,
-    /// A connection whose reply does not arrive in this time is a timeout error
+    /// A connection whose reply does not arrive in this time is a timeout error (more
+    /// than 0)
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub timeout: Duration,
     /// heavy=K: one connection asks fib(K) in a loop, the others measure fib(--n)
@@ -345,6 +348,12 @@ impl LoadConfig {
                 "--requests must be at most {MAX_REQUESTS}"
             )));
         }
+        if self.requests.is_some() && self.duration.is_some() {
+            return Err(bad_input(
+                "--requests and --duration both end the run: give one (--requests R stops \
+                 after exactly R requests, --duration after that time)",
+            ));
+        }
         if self.duration == Some(Duration::ZERO) {
             return Err(bad_input("--duration must be more than 0"));
         }
@@ -438,18 +447,67 @@ pub fn run_load(config: &LoadConfig) -> Result<LoadReport> {
     Ok(report)
 }
 
-/// `concur load`: run, print the table (or JSON), return the exit status.
+/// Below this share of `--rate`, the rate asked was not the rate measured.
+const RATE_SHORTFALL: f64 = 0.9;
+
+/// One line when the open loop fell well short of `--rate`: the latencies then
+/// describe the rate achieved, not the one asked (the server, or this client, could
+/// not keep up).
+pub fn rate_warning(r: &LoadReport) -> Option<String> {
+    let asked = r.rate?;
+    (r.req_per_s < RATE_SHORTFALL * asked).then(|| {
+        format!(
+            "--rate {asked} req/s asked, {:.0} req/s achieved: the server or this client \
+             could not keep up, so the figures are for the rate achieved",
+            r.req_per_s
+        )
+    })
+}
+
+/// The JSON `concur load` prints: the report, and `"interrupted": true` when Ctrl-C
+/// stopped the run (the report then holds what was measured until then).
+#[derive(Serialize)]
+struct Printed<'a> {
+    #[serde(flatten)]
+    report: &'a LoadReport,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    interrupted: bool,
+}
+
+/// `concur load`: run, print the table (or JSON), return the exit status: the
+/// report's, or [`crate::interrupt::EXIT_CODE`] when Ctrl-C stopped the run.
 pub fn run(args: &LoadArgs) -> Result<u8> {
+    crate::interrupt::catch();
     let report = run_load(&args.config())?;
+    let interrupted = crate::interrupt::requested();
+    if let Some(warning) = rate_warning(&report)
+        && !crate::logging::quiet()
+    {
+        eprintln!("warning: {warning}");
+    }
     if args.json {
-        crate::output::print_out(&format!("{}\n", serde_json::to_string(&report)?))?;
+        let printed = Printed {
+            report: &report,
+            interrupted,
+        };
+        crate::output::print_out(&format!("{}\n", serde_json::to_string(&printed)?))?;
     } else {
+        if interrupted {
+            crate::output::print_out(&format!(
+                "interrupted: stopped by Ctrl-C after {:.2} s; what was measured until then\n",
+                report.elapsed_secs
+            ))?;
+        }
         crate::output::print_out(&report::render(&report))?;
         if report.requests_ok == 0 && report.errors_total == 0 {
             crate::output::print_out("no request completed: nothing was verified\n")?;
         }
     }
-    Ok(report.exit_code())
+    Ok(if interrupted {
+        crate::interrupt::EXIT_CODE
+    } else {
+        report.exit_code()
+    })
 }
 
 /// `concur merge` on the command line.

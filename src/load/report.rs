@@ -282,11 +282,17 @@ pub fn render(r: &LoadReport) -> String {
     for w in &r.merge_warnings {
         let _ = writeln!(out, "warning: {w}");
     }
-    let _ = writeln!(
-        out,
-        "requests ok {}   errors {}   {:.0} req/s   {:.2} MB/s",
-        r.requests_ok, r.errors_total, r.req_per_s, r.mb_per_s
-    );
+    // No rate without requests: bytes of replies that never verified are not a rate
+    // of anything.
+    if r.requests_ok > 0 {
+        let _ = writeln!(
+            out,
+            "requests ok {}   errors {}   {:.0} req/s   {:.2} MB/s",
+            r.requests_ok, r.errors_total, r.req_per_s, r.mb_per_s
+        );
+    } else {
+        let _ = writeln!(out, "requests ok 0   errors {}", r.errors_total);
+    }
     if r.requests_failed + r.requests_unfinished > 0 {
         let _ = writeln!(
             out,
