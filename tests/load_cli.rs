@@ -384,10 +384,15 @@ fn hold_without_memory_growth_does_not_claim_a_per_connection_cost() {
         .spawn()
         .expect("start sleep");
     let pid = idle.id().to_string();
-    // Until exec has replaced the forked test process, its memory still changes.
+    // Until `sleep` is asleep its memory still changes: the forked test process,
+    // then exec, then the dynamic loader. Wait until it blocks in (clock_)nanosleep.
+    let asleep = |syscall: String| {
+        let nr = syscall.split_whitespace().next().unwrap_or("");
+        nr == libc::SYS_clock_nanosleep.to_string() || nr == libc::SYS_nanosleep.to_string()
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() != "sleep\n" {
-        assert!(std::time::Instant::now() < deadline, "sleep never started");
+    while !asleep(std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default()) {
+        assert!(std::time::Instant::now() < deadline, "sleep never slept");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let (code, out, err) = concur(&[
