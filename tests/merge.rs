@@ -1,4 +1,5 @@
-//! `concur merge` as a script sees it, and several `concur load` agents merged exactly.
+//! `concur merge` as a script sees it, and several `concur load` or `concur hold` agents
+//! merged exactly.
 
 mod common;
 mod serve_harness;
@@ -474,4 +475,129 @@ fn agents_on_three_hosts_in_network_namespaces_merge() {
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let left = String::from_utf8_lossy(&left.stdout);
     assert!(!left.contains(&tag), "{left}");
+}
+
+/// The server's open sockets, from /proc/PID/fd (its listener and every accepted
+/// connection).
+fn server_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| l.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn hold_agents_merged_count_what_the_server_held() {
+    let server = serve_harness::Server::start("epoll", "echo", &[]);
+    let addr = server.addr.to_string();
+    let pid = server.pid.to_string();
+    let before = server_sockets(server.pid);
+    let dir = temp_dir("hold");
+    let at = unix_in(1.0);
+    // Three agents, 3 + 4 + 5 connections, starting together and holding for a while;
+    // only the first reads the server's /proc, so its view survives the merge.
+    let mut agents: Vec<_> = (0..3)
+        .map(|i| {
+            let conns = (3 + i).to_string();
+            let mut args = vec![
+                "hold",
+                "--json",
+                "--addr",
+                &addr,
+                "--conns",
+                &conns,
+                "--duration",
+                "5s",
+                "--start-at",
+                &at,
+            ];
+            if i == 0 {
+                args.extend(["--pid", &pid]);
+            }
+            Command::new(env!("CARGO_BIN_EXE_concur"))
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run concur hold")
+        })
+        .collect();
+    // While they hold, the server's sockets reach the listener's plus all 12; the
+    // most seen until the first agent is done (a guard of 60 s against a hang).
+    let want = before + 12;
+    let guard = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut most = before;
+    while most < want
+        && agents.iter_mut().all(|c| c.try_wait().unwrap().is_none())
+        && std::time::Instant::now() < guard
+    {
+        most = most.max(server_sockets(server.pid));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut paths = Vec::new();
+    let mut reports = Vec::new();
+    for (i, child) in agents.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let path = dir.join(format!("hold{i}.json"));
+        std::fs::write(&path, &out.stdout).unwrap();
+        paths.push(path.to_str().unwrap().to_string());
+        let r: concur::hold::HoldReport = serde_json::from_slice(&out.stdout).unwrap();
+        reports.push(r);
+    }
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let (code, out, err) = concur(&[&["merge", "--json"], &paths[..]].concat(), None);
+    assert_eq!(code, 0, "{err}");
+    let merged: concur::load::merge::HoldMerge = serde_json::from_str(&out).unwrap();
+    // It is hold's schema: it reads as one hold report.
+    let as_hold: concur::hold::HoldReport = serde_json::from_str(&out).unwrap();
+    assert_eq!(as_hold, merged.report);
+    let m = &merged.report;
+    let sum = |f: fn(&concur::hold::HoldReport) -> u64| reports.iter().map(f).sum::<u64>();
+    assert_eq!(m.opened, sum(|r| r.opened));
+    assert_eq!((m.opened, m.conns, m.failed), (12, 12, 0));
+    assert_eq!(m.answered_ok, sum(|r| r.answered_ok));
+    assert_eq!(m.answered_ok, m.opened);
+    assert_eq!(m.closed_while_holding, 0);
+    // The server held exactly the connections the agents say they opened.
+    assert_eq!(
+        most,
+        before + m.opened as usize,
+        "server sockets while holding"
+    );
+    let h = concur::load::report::decode_histogram(&m.histogram).unwrap();
+    assert_eq!(h.len(), m.answered_ok);
+    assert_eq!(merged.agents, 3);
+    assert_eq!(merged.server_views, Some(1));
+    assert_eq!(m.server.as_ref().map(|s| s.pid), Some(server.pid));
+    assert!(
+        merged.merge_warnings.is_empty(),
+        "{:?}",
+        merged.merge_warnings
+    );
+    let starts = reports.iter().map(|r| r.window_start_unix);
+    let ends = reports.iter().map(|r| r.window_end_unix);
+    assert_eq!(m.window_start_unix, starts.fold(f64::INFINITY, f64::min));
+    assert_eq!(m.window_end_unix, ends.fold(f64::NEG_INFINITY, f64::max));
+
+    // The table is hold's, and says it is a merge.
+    let (code, table, err) = concur(&["merge", paths[0], paths[1], paths[2]], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.starts_with("hold echo"), "{table}");
+    assert!(table.contains("opened 12/12"), "{table}");
+    assert!(table.contains("merged from 3 agents"), "{table}");
+
+    // A hold report and a load report do not merge: one line, exit 2.
+    let (load, _) = agent(&dir, "load.json", &["--addr", &addr, "--requests", "20"]);
+    let (code, out, err) = concur(&["merge", paths[0], load.to_str().unwrap()], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("hold") && err.contains("load.json"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -513,17 +513,25 @@ pub fn run(args: &LoadArgs) -> Result<u8> {
 /// `concur merge` on the command line.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MergeArgs {
-    /// Reports of `concur load --json` (or of earlier merges): files, or - for standard
-    /// input; a file may hold several reports one after another
+    /// Reports of `concur load --json`, or of `concur hold --json` (all of one kind), or
+    /// of earlier merges: files, or - for standard input; a file may hold several
+    /// reports one after another
     #[arg(required = true, value_name = "REPORT")]
     pub reports: Vec<String>,
-    /// Print one JSON object (the schema of `concur load --json`) instead of the table
+    /// Print one JSON object (the schema of the reports merged: `concur load --json`
+    /// or `concur hold --json`) instead of the table
     #[arg(long)]
     pub json: bool,
 }
 
+/// One report read by `concur merge`: of `load`, or of `hold` (which has `rtt_us`).
+enum AnyReport {
+    Load(LoadReport),
+    Hold(merge::HoldMerge),
+}
+
 /// Read every report in `text` (one JSON object after another), naming each.
-fn parse_reports(source: &str, text: &str) -> Result<Vec<(String, LoadReport)>> {
+fn parse_reports(source: &str, text: &str) -> Result<Vec<(String, AnyReport)>> {
     let mut out = Vec::new();
     for (i, value) in serde_json::Deserializer::from_str(text)
         .into_iter::<serde_json::Value>()
@@ -535,13 +543,15 @@ fn parse_reports(source: &str, text: &str) -> Result<Vec<(String, LoadReport)>> 
         } else {
             format!("{source}#{}", i + 1)
         };
-        if value.get("rtt_us").is_some() {
-            return Err(bad_input(format!(
-                "{name}: a `concur hold` report; merge takes `concur load --json` reports"
-            )));
-        }
-        let report: LoadReport = serde_json::from_value(value)
-            .map_err(|e| bad_input(format!("{name}: not a `concur load --json` report: {e}")))?;
+        let report = if value.get("rtt_us").is_some() {
+            AnyReport::Hold(serde_json::from_value(value).map_err(|e| {
+                bad_input(format!("{name}: not a `concur hold --json` report: {e}"))
+            })?)
+        } else {
+            AnyReport::Load(serde_json::from_value(value).map_err(|e| {
+                bad_input(format!("{name}: not a `concur load --json` report: {e}"))
+            })?)
+        };
         out.push((name, report));
     }
     if out.is_empty() {
@@ -551,7 +561,7 @@ fn parse_reports(source: &str, text: &str) -> Result<Vec<(String, LoadReport)>> 
 }
 
 /// `concur merge`: read the reports, merge them exactly, print, return the exit status
-/// (that of one load run: 0 only if nothing failed and something was verified).
+/// (that of one run of the command that made them: `load`'s or `hold`'s).
 pub fn run_merge(args: &MergeArgs) -> Result<u8> {
     use std::io::Read as _;
     let mut reports = Vec::new();
@@ -568,7 +578,38 @@ pub fn run_merge(args: &MergeArgs) -> Result<u8> {
         let name = if source == "-" { "stdin" } else { source };
         reports.extend(parse_reports(name, &text)?);
     }
-    let merged = merge::merge(&reports).map_err(|e| bad_input(e.to_string()))?;
+    let (mut loads, mut holds) = (Vec::new(), Vec::new());
+    for (name, r) in reports {
+        match r {
+            AnyReport::Load(r) => loads.push((name, r)),
+            AnyReport::Hold(r) => holds.push((name, r)),
+        }
+    }
+    if let (Some((l, _)), Some((h, _))) = (loads.first(), holds.first()) {
+        return Err(bad_input(format!(
+            "{h} is a `concur hold` report but {l} is a `concur load` report; merge reports of one kind"
+        )));
+    }
+    if !holds.is_empty() {
+        let merged = merge::merge_hold(&holds).map_err(|e| bad_input(e.to_string()))?;
+        for w in &merged.merge_warnings {
+            eprintln!("warning: {w}");
+        }
+        if args.json {
+            crate::output::print_out(&format!("{}\n", serde_json::to_string(&merged)?))?;
+        } else {
+            let mut table = crate::hold::render(&merged.report);
+            if merged.agents > 1 {
+                table.push_str(&format!(
+                    "merged from {} agents; the window they spanned: {:.3} to {:.3} (Unix seconds)\n",
+                    merged.agents, merged.report.window_start_unix, merged.report.window_end_unix
+                ));
+            }
+            crate::output::print_out(&table)?;
+        }
+        return Ok(merged.report.exit_code());
+    }
+    let merged = merge::merge(&loads).map_err(|e| bad_input(e.to_string()))?;
     for w in &merged.merge_warnings {
         eprintln!("warning: {w}");
     }
