@@ -45,7 +45,7 @@ enum Command {
     Models,
     /// Load a server with verified requests: closed or open loop, latency percentiles
     Load(concur::load::LoadArgs),
-    /// Merge the JSON reports of several `concur load` agents exactly (histograms added)
+    /// Merge the JSON reports of several `concur load` (or `concur hold`) agents exactly (histograms added)
     Merge(concur::load::MergeArgs),
     /// The C10K question: open N connections, hold them all, one verified round trip each
     Hold(concur::hold::HoldArgs),

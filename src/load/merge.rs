@@ -362,6 +362,7 @@ pub fn merge_hold(reports: &[(String, HoldMerge)]) -> Result<HoldMerge, MergeErr
     out.failed_by_errno.clear();
     out.answered_ok = 0;
     out.closed_while_holding = 0;
+    out.interrupted = false;
     out.source_addrs = 0;
     out.fd_limit = 0;
     out.open_secs = 0.0;
@@ -385,6 +386,7 @@ pub fn merge_hold(reports: &[(String, HoldMerge)]) -> Result<HoldMerge, MergeErr
         errors.io += r.rtt_errors.io;
         errors.not_tried += r.rtt_errors.not_tried;
         out.closed_while_holding += r.closed_while_holding;
+        out.interrupted |= r.interrupted; // one agent stopped early: so did the whole
         out.source_addrs += r.source_addrs;
         out.fd_limit += r.fd_limit;
         out.open_secs = out.open_secs.max(r.open_secs);
@@ -618,6 +620,7 @@ mod tests {
             service: "echo".into(),
             conns,
             in_flight: 1,
+            interrupted: false,
             opened: conns as u64 - refused,
             failed: refused,
             failed_by_errno: if refused > 0 {
