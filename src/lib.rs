@@ -5,6 +5,7 @@
 //! - [`serve`]: `concur serve`, its options and the pieces every server model shares.
 //! - [`models`]: the talk's servers, one file each.
 //! - [`load`]: `concur load`, the verifying load generator.
+//! - [`merge`]: `concur merge`, many agents' reports made one, exactly.
 //! - [`hold`]: `concur hold`, the C10K test: many connections held open at once.
 //! - [`lab`]: `concur lab`, the talk's questions as experiments and a report.
 //! - [`sys`]: CPU time, /proc readings, pinning, descriptor limits.
@@ -20,6 +21,7 @@ pub mod interrupt;
 pub mod lab;
 pub mod load;
 pub mod logging;
+pub mod merge;
 pub mod models;
 pub mod output;
 pub mod protocol;

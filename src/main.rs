@@ -46,7 +46,7 @@ enum Command {
     /// Load a server with verified requests: closed or open loop, latency percentiles
     Load(concur::load::LoadArgs),
     /// Merge the JSON reports of several `concur load` (or `concur hold`) agents exactly (histograms added)
-    Merge(concur::load::MergeArgs),
+    Merge(concur::merge::command::MergeArgs),
     /// The C10K question: open N connections, hold them all, one verified round trip each
     Hold(concur::hold::HoldArgs),
     /// Run the whole talk as experiments on this machine and write a report (the main job)
@@ -144,7 +144,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Load(args) => concur::load::run(&args),
-        Command::Merge(args) => concur::load::run_merge(&args),
+        Command::Merge(args) => concur::merge::command::run(&args),
         Command::Hold(args) => concur::hold::run(&args),
         Command::Lab(args) => concur::lab::run(&args, &fib::current_exe()?),
         Command::Completions { shell } => {

@@ -553,7 +553,7 @@ fn hold_agents_merged_count_what_the_server_held() {
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
     let (code, out, err) = concur(&[&["merge", "--json"], &paths[..]].concat(), None);
     assert_eq!(code, 0, "{err}");
-    let merged: concur::load::merge::HoldMerge = serde_json::from_str(&out).unwrap();
+    let merged: concur::merge::HoldMerge = serde_json::from_str(&out).unwrap();
     // It is hold's schema: it reads as one hold report.
     let as_hold: concur::hold::HoldReport = serde_json::from_str(&out).unwrap();
     assert_eq!(as_hold, merged.report);

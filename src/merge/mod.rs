@@ -6,7 +6,7 @@
 //! agents' percentiles: the mean of three p99s is not the p99 of the whole, and the
 //! tail is exactly what it gets wrong. The only exact way is to add the agents' latency
 //! histograms and read the percentiles from the sum; every report carries its whole
-//! histogram for that (see [`super::report::encode_histogram`]).
+//! histogram for that (see [`crate::load::report::encode_histogram`]).
 //!
 //! So a merge is: counters summed, histograms added, percentiles read from the sum,
 //! throughput over the window the agents ran in together: from the first agent's start
@@ -30,13 +30,15 @@
 //! a warning saying why. A merged hold report is hold's own JSON plus `agents`,
 //! `server_views` and `merge_warnings`, so it reads as a hold report and merges nest.
 //!
-//! No I/O here: reports in, a report or an error out ([`super::run_merge`] reads files).
+//! No I/O here: reports in, a report or an error out ([`command::run`] reads files).
 
-use super::report::{
+pub mod command;
+
+use crate::hold::{HoldReport, Rtt, RttErrors};
+use crate::load::report::{
     CpuReport, CpuUse, ErrorCounts, HeavyReport, Latency, LoadReport, decode_histogram,
     encode_histogram, histogram,
 };
-use crate::hold::{HoldReport, Rtt, RttErrors};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
