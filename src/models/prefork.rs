@@ -34,18 +34,12 @@
 //! silent client holds its process until `--idle-timeout`.
 
 use crate::serve::accept::{Acceptor, Gate, Next, shared_slots};
-use crate::serve::supervise::{Exited, Supervisor};
+use crate::serve::supervise::Supervisor;
 use crate::serve::{Ready, ServeConfig, Shutdown, blocking_conn};
 use anyhow::Context;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-
-/// How often the parent looks for dead children.
-const TICK: Duration = Duration::from_millis(100);
-
-/// A child that dies younger than this is replaced only after this long.
-const RESPAWN_DELAY: Duration = Duration::from_secs(1);
+use std::time::Duration;
 
 pub fn run(
     listener: TcpListener,
@@ -53,51 +47,30 @@ pub fn run(
     shutdown: Shutdown,
     ready: Ready<'_>,
 ) -> anyhow::Result<()> {
-    // A worker's tag is its index: its --max-conns slot and its place in `due`.
+    // A worker's tag is its index: its --max-conns slot.
     let mut workers = Supervisor::new("prefork")?;
     let slots = shared_slots(cfg.workers).context("mapping the --max-conns counters")?;
-    // When each vacant worker is due to be (re)started; `None`: running.
-    let mut due: Vec<Option<Instant>> = vec![Some(Instant::now()); cfg.workers];
+    let start = |workers: &mut Supervisor<usize>, i: usize| {
+        slots[i].store(0, Ordering::SeqCst);
+        workers.spawn(i, || work(i, &listener, cfg, &shutdown, slots))
+    };
     // The whole pool first: the server says it serves only once every worker runs.
-    for (i, when) in due.iter_mut().enumerate() {
-        if let Err(e) = workers.spawn(i, || work(i, &listener, cfg, &shutdown, slots)) {
+    for i in 0..cfg.workers {
+        if let Err(e) = start(&mut workers, i) {
             workers.finish(Duration::ZERO);
             return Err(e).with_context(|| format!("forking worker {i} of {}", cfg.workers));
         }
-        *when = None;
     }
     ready.announce()?;
-    loop {
-        let now = Instant::now();
-        for (i, when) in due.iter_mut().enumerate() {
-            if when.is_some_and(|t| now >= t) {
-                slots[i].store(0, Ordering::SeqCst);
-                *when = match workers.spawn(i, || work(i, &listener, cfg, &shutdown, slots)) {
-                    Ok(_) => None,
-                    Err(e) => {
-                        tracing::warn!(
-                            "cannot fork worker {i}: {e}; retrying in {RESPAWN_DELAY:?}"
-                        );
-                        Some(now + RESPAWN_DELAY)
-                    }
-                };
-            }
-        }
-        if shutdown.wait(Some(TICK)) {
-            break;
-        }
-        workers.reap(|Exited { pid, tag: i, lived }| {
-            slots[i].store(0, Ordering::SeqCst);
-            // A worker that died young waits a while, so a crash cannot become a fork loop.
-            let delay = if lived < RESPAWN_DELAY {
-                RESPAWN_DELAY
-            } else {
-                Duration::ZERO
-            };
-            tracing::info!("worker {i} (pid {pid}) exited: replacing it");
-            due[i] = Some(Instant::now() + delay);
-        });
-    }
+    // A worker that dies is replaced; its connections died with it, so its place
+    // under --max-conns is freed.
+    workers.keep_running(
+        cfg.workers,
+        &shutdown,
+        start,
+        |i| slots[i].store(0, Ordering::SeqCst),
+        || {},
+    );
     workers.finish(cfg.grace);
     Ok(())
 }

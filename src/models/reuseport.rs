@@ -59,7 +59,7 @@
 use super::epoll;
 use crate::serve::accept::{Gate, shared_slots};
 use crate::serve::shutdown::poll_readable;
-use crate::serve::supervise::{Exited, Supervisor};
+use crate::serve::supervise::{Exited, POOL_TICK, Supervisor};
 use crate::serve::{Ready, ServeConfig, Shutdown, listener, offload_pool};
 use anyhow::{Context, bail};
 use nix::fcntl::OFlag;
@@ -67,14 +67,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
-/// How often the `--fork` parent looks for dead workers.
-const TICK: Duration = Duration::from_millis(100);
-
-/// A worker that dies younger than this is replaced only after this long, so a
-/// worker that crashes at once cannot become a fork loop.
-const RESPAWN_DELAY: Duration = Duration::from_secs(1);
+use std::time::Duration;
 
 /// How much longer than the grace period the `--fork` parent waits for its workers
 /// (each starts its own grace period when it sees the shutdown pipe) before
@@ -194,7 +187,7 @@ fn forked(
             workers.finish(Duration::ZERO);
             bail!("worker {i} (pid {pid}) exited before it could serve");
         }
-        let seen = poll_readable(&[shutdown.fd(), started.read.as_fd()], Some(TICK));
+        let seen = poll_readable(&[shutdown.fd(), started.read.as_fd()], Some(POOL_TICK));
         if seen[0] {
             workers.finish(cfg.grace + FINISH_SLACK);
             return Ok(());
@@ -206,39 +199,16 @@ fn forked(
         workers.finish(cfg.grace + FINISH_SLACK);
         return Err(e);
     }
-    // When each vacant worker is due to be restarted.
-    let mut due: Vec<Option<Instant>> = vec![None; listeners.len()];
-    loop {
-        let now = Instant::now();
-        for (i, when) in due.iter_mut().enumerate() {
-            if when.is_some_and(|t| now >= t) {
-                *when = match spawn(&mut workers, i) {
-                    Ok(_) => None,
-                    Err(e) => {
-                        tracing::warn!(
-                            "cannot fork worker {i}: {e}; retrying in {RESPAWN_DELAY:?}"
-                        );
-                        Some(now + RESPAWN_DELAY)
-                    }
-                };
-            }
-        }
-        if shutdown.wait(Some(TICK)) {
-            break;
-        }
-        started.drain(); // replacements say they are up too
-        workers.reap(|Exited { pid, tag: i, lived }| {
-            // Its connections died with it: free their places under --max-conns.
-            slots[i].store(0, Ordering::SeqCst);
-            let delay = if lived < RESPAWN_DELAY {
-                RESPAWN_DELAY
-            } else {
-                Duration::ZERO
-            };
-            tracing::warn!("worker {i} (pid {pid}) exited: replacing it");
-            due[i] = Some(Instant::now() + delay);
-        });
-    }
+    workers.keep_running(
+        listeners.len(),
+        shutdown,
+        spawn,
+        // Its connections died with it: free their places under --max-conns.
+        |i| slots[i].store(0, Ordering::SeqCst),
+        || {
+            started.drain(); // replacements say they are up too
+        },
+    );
     workers.finish(cfg.grace + FINISH_SLACK);
     Ok(())
 }

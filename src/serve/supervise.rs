@@ -45,6 +45,12 @@ use std::time::{Duration, Instant};
 /// How often [`Supervisor::finish`] looks for children that have exited.
 const FINISH_TICK: Duration = Duration::from_millis(10);
 
+/// How often a pool's parent ([`Supervisor::keep_running`]) looks for dead workers.
+pub const POOL_TICK: Duration = Duration::from_millis(100);
+
+/// A pool worker that dies younger than this is replaced only after this long.
+pub const RESPAWN_DELAY: Duration = Duration::from_secs(1);
+
 /// Exit status of a child whose work panicked.
 const PANICKED: i32 = 101;
 
@@ -167,6 +173,57 @@ impl<T> Supervisor<T> {
         }
         for pid in std::mem::take(&mut self.children).into_keys() {
             let _ = waitpid(pid, None);
+        }
+    }
+}
+
+impl Supervisor<usize> {
+    /// Keep a pool of workers tagged `0..count`, all started already, running until
+    /// shutdown (prefork, `reuseport --fork`). Every [`POOL_TICK`] the pool is
+    /// reaped: `exited(i)` is told of each worker that died (to free what it held)
+    /// and it is replaced by `start(self, i)`, after [`RESPAWN_DELAY`] if it died
+    /// younger than that, so a worker that crashes at once cannot become a fork
+    /// loop; a fork that fails is retried after the same delay. `turn` runs once a
+    /// tick.
+    pub fn keep_running<E: std::fmt::Display>(
+        &mut self,
+        count: usize,
+        shutdown: &super::Shutdown,
+        mut start: impl FnMut(&mut Self, usize) -> Result<Pid, E>,
+        mut exited: impl FnMut(usize),
+        mut turn: impl FnMut(),
+    ) {
+        // When each vacant worker is due to be started again; `None`: running.
+        let mut due: Vec<Option<Instant>> = vec![None; count];
+        loop {
+            let now = Instant::now();
+            for (i, when) in due.iter_mut().enumerate() {
+                if when.is_some_and(|t| now >= t) {
+                    *when = match start(self, i) {
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!(
+                                "cannot fork worker {i}: {e}; retrying in {RESPAWN_DELAY:?}"
+                            );
+                            Some(now + RESPAWN_DELAY)
+                        }
+                    };
+                }
+            }
+            if shutdown.wait(Some(POOL_TICK)) {
+                return;
+            }
+            turn();
+            self.reap(|Exited { pid, tag: i, lived }| {
+                exited(i);
+                let delay = if lived < RESPAWN_DELAY {
+                    RESPAWN_DELAY
+                } else {
+                    Duration::ZERO
+                };
+                tracing::warn!("worker {i} (pid {pid}) exited: replacing it");
+                due[i] = Some(Instant::now() + delay);
+            });
         }
     }
 }
