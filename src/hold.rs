@@ -355,6 +355,8 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
             max: us(&h.rtt, 1.0),
         }
     };
+    let (size, n, prefix) =
+        crate::load::report::spoken(config.service, config.size, config.n, &config.prefix);
     Ok(HoldReport {
         addr: config.addr.clone(),
         service: match config.service {
@@ -380,21 +382,9 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
         start_late_secs: config
             .start_at
             .map(|at| (wall_start - crate::load::unix_secs(at)).max(0.0)),
-        size: if config.service == Service::Echo {
-            config.size
-        } else {
-            0
-        },
-        n: if config.service == Service::Fib {
-            config.n
-        } else {
-            0
-        },
-        prefix: if config.service == Service::Echo {
-            String::from_utf8_lossy(&config.prefix).into_owned()
-        } else {
-            String::new()
-        },
+        size,
+        n,
+        prefix,
         duration_secs: config.duration.as_secs_f64(),
         histogram: crate::load::report::encode_histogram(&h.rtt),
         interrupted: crate::interrupt::requested(),

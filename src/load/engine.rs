@@ -319,6 +319,8 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
     let window_start_unix = wall_start
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
+    let (size, n, prefix) =
+        crate::load::report::spoken(config.service, config.size, config.n, &config.prefix);
     LoadReport {
         addr: config.addr.clone(),
         service: match config.service {
@@ -358,21 +360,9 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
         window_start_unix,
         window_end_unix: window_start_unix + elapsed.as_secs_f64(),
         start_late_secs: None,
-        size: if config.service == Service::Echo {
-            config.size
-        } else {
-            0
-        },
-        n: if config.service == Service::Fib {
-            config.n
-        } else {
-            0
-        },
-        prefix: if config.service == Service::Echo {
-            String::from_utf8_lossy(&config.prefix).into_owned()
-        } else {
-            String::new()
-        },
+        size,
+        n,
+        prefix,
         question: config.service == Service::Fib && config.question,
         duration_secs: config.duration.map(|d| d.as_secs_f64()),
         requests: config.requests,

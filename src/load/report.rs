@@ -15,6 +15,16 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer}
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
+/// What a report records of the protocol spoken, the parameters a merge must see
+/// equal: echo's payload size and prefix, fib's n (the other service's are zero or
+/// empty). Returns `(size, n, prefix)`.
+pub fn spoken(service: super::Service, size: usize, n: u32, prefix: &[u8]) -> (usize, u32, String) {
+    match service {
+        super::Service::Echo => (size, 0, String::from_utf8_lossy(prefix).into_owned()),
+        super::Service::Fib => (0, n, String::new()),
+    }
+}
+
 /// The latency histogram every report records into: 1 ns to one hour, 3 significant
 /// digits. Reports carry it whole (see [`encode_histogram`]) so that several agents'
 /// reports can be merged exactly: percentiles cannot be averaged, histograms can be
