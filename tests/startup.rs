@@ -108,3 +108,25 @@ fn uring_refuses_a_kernel_without_what_it_uses() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("buffer rings"), "{stderr}");
 }
+
+/// A model needing io_uring on a kernel that refuses it (io_uring_setup failing
+/// with ENOSYS, as on a kernel built without it): exit 2 with one line saying so.
+#[test]
+fn io_uring_models_without_io_uring_exit_2() {
+    let needs = concur::models::REGISTRY
+        .iter()
+        .filter(|m| m.requires.is_some_and(|r| r.feature == "io_uring"));
+    for m in needs {
+        let out = serve_denied(
+            &["--model", m.name, "--service", "echo"],
+            &[libc::SYS_io_uring_setup],
+            libc::ENOSYS,
+        );
+        assert_refused_before_listening(m.name, &out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("io_uring is not available on this kernel"),
+            "{stderr}"
+        );
+    }
+}
