@@ -651,11 +651,12 @@ fn models_command_prints_the_registry() {
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), REGISTRY.len(), "{text}");
     for (row, m) in rows.iter().zip(REGISTRY) {
-        let cells: Vec<&str> = row.split_whitespace().take(6).collect();
+        let cells: Vec<&str> = row.split_whitespace().take(7).collect();
         let want = [
             m.name,
             yes(m.event_loop),
             yes(m.forks),
+            yes(m.fork_loops),
             yes(m.one_at_a_time()),
             m.ceiling.name(),
             &m.default_workers().to_string(),

@@ -315,10 +315,11 @@ pub fn value_parser() -> impl clap::builder::TypedValueParser<Value = &'static M
 }
 
 /// The columns `concur models` prints, in order.
-pub const TABLE_COLUMNS: [&str; 7] = [
+pub const TABLE_COLUMNS: [&str; 8] = [
     "model",
     "event_loop",
     "forks",
+    "fork_loops",
     "one_at_a_time",
     "ceiling",
     "default_workers",
@@ -330,25 +331,27 @@ pub const TABLE_COLUMNS: [&str; 7] = [
 /// its header.
 pub fn render_table() -> String {
     let yes = |b: bool| if b { "yes" } else { "no" };
-    let mut rows: Vec<[String; 7]> = vec![TABLE_COLUMNS.map(String::from)];
+    let mut rows: Vec<[String; TABLE_COLUMNS.len()]> = vec![TABLE_COLUMNS.map(String::from)];
     for m in REGISTRY {
         rows.push([
             m.name.to_string(),
             yes(m.event_loop).to_string(),
             yes(m.forks).to_string(),
+            yes(m.fork_loops).to_string(),
             yes(m.one_at_a_time()).to_string(),
             m.ceiling.name().to_string(),
             m.default_workers().to_string(),
             m.about.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let last = TABLE_COLUMNS.len() - 1;
+    let widths: Vec<usize> = (0..last)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for row in &rows {
         for (c, cell) in row.iter().enumerate() {
-            if c < 6 {
+            if c < last {
                 out.push_str(&format!("{cell:<w$}  ", w = widths[c]));
             } else {
                 out.push_str(cell);
