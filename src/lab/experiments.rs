@@ -9,12 +9,14 @@
 //! Python's versions of the talk's servers (`peers/python/`) run beside the Rust
 //! models wherever python3 is found.
 
+use super::results::{self, FibRun};
 use super::runner::{self, Server};
 use super::stats::Point;
 use super::{Lab, Plan};
+use crate::hold::HoldReport;
+use crate::load::report::LoadReport;
 use crate::models::{Ceiling, ModelInfo};
 use anyhow::{Context, Result};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -113,14 +115,6 @@ pub fn servers(plan: &Plan, python: bool, filter: impl Fn(&str) -> bool) -> Vec<
     list
 }
 
-fn num(v: &Value, path: &[&str]) -> Option<f64> {
-    let mut v = v;
-    for key in path {
-        v = v.get(key)?;
-    }
-    v.as_f64()
-}
-
 fn secs(d: Duration) -> String {
     format!("{}ms", d.as_millis().max(1))
 }
@@ -141,7 +135,7 @@ pub fn cpu(lab: &mut Lab) -> Result<()> {
         lab.step("cpu: concur fib, five modes");
         let mut cmd = Command::new(&lab.exe);
         cmd.args(["fib", "--n", &rust_list, "--json"]);
-        let report = runner::run_json(cmd, None, Duration::from_secs(600), |_| {})?;
+        let report: FibRun = runner::run_json(cmd, None, Duration::from_secs(600), |_| {})?;
         collect_fib_rows(&report, &mut runs);
         if let Some(python) = lab.python.clone() {
             lab.step("cpu: the same in CPython");
@@ -173,22 +167,11 @@ pub fn cpu(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
-fn collect_fib_rows(report: &Value, into: &mut BTreeMap<String, Vec<BTreeMap<String, f64>>>) {
-    for row in report["rows"].as_array().into_iter().flatten() {
-        let Some(mode) = row["mode"].as_str() else {
-            continue;
-        };
-        let mut m = BTreeMap::new();
-        for key in ["wall_secs", "cpu_secs", "speedup"] {
-            if let Some(x) = row[key].as_f64() {
-                m.insert(key.to_string(), x);
-            }
-        }
-        m.insert(
-            "verified".into(),
-            if row["verified"] == true { 1.0 } else { 0.0 },
-        );
-        into.entry(mode.to_string()).or_default().push(m);
+fn collect_fib_rows(report: &FibRun, into: &mut BTreeMap<String, Vec<BTreeMap<String, f64>>>) {
+    for row in &report.rows {
+        into.entry(row.mode.clone())
+            .or_default()
+            .push(row.metrics());
     }
 }
 
@@ -233,6 +216,11 @@ pub fn echo(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
+/// A server answered wrongly: its point is reported as failing verification, unmeasured.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unverified(String);
+
 /// Run one point `plan.repeat` times and record it (medians, spread, or why it failed).
 fn repeat_load(lab: &mut Lab, server: &Server, service: &str, args: &[String], mut p: Point) {
     let mut runs = Vec::new();
@@ -243,6 +231,12 @@ fn repeat_load(lab: &mut Lab, server: &Server, service: &str, args: &[String], m
         lab.step(&format!("{}: {} {}", p.experiment, p.server, p.case));
         match load_run(lab, server, service, args) {
             Ok(m) => runs.push(m),
+            Err(e) if e.is::<Unverified>() => {
+                // A wrong answer is not a fast one: nothing of this point is shown.
+                p.error = Some(e.to_string());
+                runs.clear();
+                break;
+            }
             Err(e) => p.error = Some(format!("{e:#}")),
         }
     }
@@ -279,7 +273,7 @@ fn load_run(
     let half = lab.plan.duration / 2;
     let mut sampled = false;
     let limit = lab.plan.duration + lab.plan.timeout + Duration::from_secs(20);
-    let report = runner::run_json(cmd, lab.pins.map(|(_, c)| c), limit, |t| {
+    let report: LoadReport = runner::run_json(cmd, lab.pins.map(|(_, c)| c), limit, |t| {
         if !sampled && t >= half {
             if let Some(s) = crate::sys::tree_stat(pid) {
                 peak = s;
@@ -288,39 +282,11 @@ fn load_run(
         }
     })?;
     let after = crate::sys::tree_stat(pid).context("the server died during the run")?;
-    let mut m = BTreeMap::new();
-    let ok = num(&report, &["requests_ok"]).unwrap_or(0.0);
-    let errors = num(&report, &["errors_total"]).unwrap_or(0.0);
-    m.insert("requests_ok".into(), ok);
-    m.insert("errors".into(), errors);
-    // The client's own tallies, kept so the numbers can be checked against each other:
-    // errors by kind add up to the total, req/s x elapsed gives the count, and the
-    // bytes received cover every verified reply.
-    let kinds: f64 = report["errors"]
-        .as_object()
-        .map_or(0.0, |o| o.values().filter_map(Value::as_f64).sum());
-    m.insert("errors_by_kind".into(), kinds);
-    for (name, key) in [
-        ("elapsed_secs", "elapsed_secs"),
-        ("bytes_received", "bytes_received"),
-    ] {
-        if let Some(x) = num(&report, &[key]) {
-            m.insert(name.into(), x);
-        }
+    if let Some(why) = results::verification_failure(&report) {
+        return Err(Unverified(why).into());
     }
-    for (name, path) in [
-        ("req_per_s", &["req_per_s"][..]),
-        ("mb_per_s", &["mb_per_s"]),
-        ("p50_us", &["latency_us", "p50"]),
-        ("p99_us", &["latency_us", "p99"]),
-        ("p999_us", &["latency_us", "p999"]),
-        ("heavy_ok", &["heavy", "requests_ok"]),
-        ("heavy_p99_us", &["heavy", "latency_us", "p99"]),
-    ] {
-        if let Some(x) = num(&report, path) {
-            m.insert(name.into(), x);
-        }
-    }
+    let mut m = results::load_metrics(&report);
+    let ok = report.requests_ok as f64;
     let cpu = after.cpu.since(&before.cpu).total().as_secs_f64();
     m.insert("server_cpu_secs".into(), cpu);
     if ok > 0.0 {
@@ -390,9 +356,9 @@ pub fn scaling(lab: &mut Lab) -> Result<()> {
             let mut p = Point::new("scaling", &spec.name, &format!("conns={n}"));
             p.params.insert("conns".into(), n.into());
             match hold_run(lab, &server, n) {
-                Ok((m, complete, why)) => {
+                Ok((m, shortfall)) => {
                     p.set_runs(&[m]);
-                    if !complete {
+                    if let Some(why) = shortfall {
                         let log = runner::last_line(&server.log)
                             .map(|l| format!("; server said: {l}"))
                             .unwrap_or_default();
@@ -412,8 +378,9 @@ pub fn scaling(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
-/// One hold; returns the metrics, whether every connection opened and answered, and why not.
-fn hold_run(lab: &Lab, server: &Server, n: u32) -> Result<(BTreeMap<String, f64>, bool, String)> {
+/// One hold; returns the metrics and, when not every connection opened, answered and
+/// stayed open, why not.
+fn hold_run(lab: &Lab, server: &Server, n: u32) -> Result<(BTreeMap<String, f64>, Option<String>)> {
     let pid = server.pid();
     let before = crate::sys::tree_stat(pid).context("the server died")?;
     let mut cmd = Command::new(&lab.exe);
@@ -435,7 +402,7 @@ fn hold_run(lab: &Lab, server: &Server, n: u32) -> Result<(BTreeMap<String, f64>
     let mut peak = before;
     let mut next_sample = Duration::ZERO;
     let limit = lab.plan.hold_duration + Duration::from_secs(120);
-    let report = runner::run_json(cmd, lab.pins.map(|(_, c)| c), limit, |t| {
+    let report: HoldReport = runner::run_json(cmd, lab.pins.map(|(_, c)| c), limit, |t| {
         if t >= next_sample {
             if let Some(s) = crate::sys::tree_stat(pid) {
                 if s.rss_bytes > peak.rss_bytes {
@@ -447,45 +414,21 @@ fn hold_run(lab: &Lab, server: &Server, n: u32) -> Result<(BTreeMap<String, f64>
             next_sample = t + Duration::from_millis(500);
         }
     })?;
-    let opened = num(&report, &["opened"]).unwrap_or(0.0);
-    let answered = num(&report, &["answered_ok"]).unwrap_or(0.0);
-    let failed = num(&report, &["failed"]).unwrap_or(0.0);
-    let mut m = BTreeMap::from([
-        ("opened".to_string(), opened),
-        ("answered_ok".to_string(), answered),
-        ("failed".to_string(), failed),
-        (
-            "server_rss_mb".to_string(),
-            peak.rss_bytes as f64 / 1048576.0,
-        ),
-        ("server_threads".to_string(), peak.threads as f64),
-        ("server_children".to_string(), peak.children as f64),
-    ]);
-    for (name, path) in [
-        ("open_secs", &["open_secs"][..]),
-        ("rtt_p50_us", &["rtt_us", "p50"]),
-        ("rtt_p99_us", &["rtt_us", "p99"]),
-    ] {
-        if let Some(x) = num(&report, path) {
-            m.insert(name.into(), x);
-        }
-    }
-    if opened > 0.0 {
+    let mut m = results::hold_metrics(&report);
+    m.insert(
+        "server_rss_mb".to_string(),
+        peak.rss_bytes as f64 / 1048576.0,
+    );
+    m.insert("server_threads".to_string(), peak.threads as f64);
+    m.insert("server_children".to_string(), peak.children as f64);
+    if report.opened > 0 {
         let grown = peak.rss_bytes.saturating_sub(before.rss_bytes) as f64;
-        m.insert("rss_kb_per_conn".into(), grown / 1024.0 / opened);
+        m.insert(
+            "rss_kb_per_conn".into(),
+            grown / 1024.0 / report.opened as f64,
+        );
     }
-    let complete = opened as u32 == n && answered as u32 == n;
-    let why = if complete {
-        String::new()
-    } else {
-        let detail = report
-            .get("errors")
-            .filter(|e| !e.is_null())
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default();
-        format!("opened {opened} and answered {answered} of {n}{detail}")
-    };
-    Ok((m, complete, why))
+    Ok((m, results::hold_shortfall(&report)))
 }
 
 // ---------------------------------------------------------------- 4. fibload

@@ -10,14 +10,17 @@
 
 pub mod chart;
 pub mod experiments;
-pub mod report;
+pub mod fmt;
+pub mod render;
+pub mod results;
 pub mod runner;
 pub mod stats;
+pub mod views;
 
 use crate::error::bad_input;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use report::{Machine, Results};
+use results::{Machine, Results};
 use stats::Point;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -82,7 +85,7 @@ impl Plan {
     /// since a server holding N connections needs N descriptors.
     pub fn from_args(args: &LabArgs, fd_limit: u64) -> Result<Plan> {
         let models = chosen(&args.models, &experiments::rust_models(), "model")?;
-        let experiments = chosen(&args.experiments, &report::EXPERIMENTS, "experiment")?;
+        let experiments = chosen(&args.experiments, &results::EXPERIMENTS, "experiment")?;
         let quick = args.quick;
         let mut hold_conns: Vec<u32> = if quick {
             vec![200]
@@ -216,7 +219,7 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
     if let Some(old) = &args.compare {
         let old = load_results(old)?;
         let new = load_results(&args.out.join("results.json"))?;
-        print_out(&report::compare(&old, &new))?;
+        print_out(&render::compare(&old, &new))?;
         return Ok(0);
     }
     // Servers and clients inherit the raised limit: the scaling experiment needs it.
@@ -302,7 +305,7 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
         answers: Default::default(),
         notes: lab.notes,
     };
-    let mut views = report::views(&results);
+    let mut views = views::views(&results);
     views.retain(|v| plan.experiments.iter().any(|e| e == v.id));
     results.answers = views
         .iter()
@@ -313,8 +316,8 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
         "results.json",
         &serde_json::to_string_pretty(&results)?,
     )?;
-    write(&args.out, "summary.md", &report::markdown(&results, &views))?;
-    write(&args.out, "report.html", &report::html(&results, &views))?;
+    write(&args.out, "summary.md", &render::markdown(&results, &views))?;
+    write(&args.out, "report.html", &render::html(&results, &views))?;
     let mut answers = String::new();
     for v in &views {
         answers.push_str(&format!("{}\n  {}\n\n", v.title, v.answer));

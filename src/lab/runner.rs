@@ -230,12 +230,12 @@ fn strip_ansi(s: &str) -> String {
 /// Run a client that prints one JSON object, pinned to `core`, killed after `limit`.
 /// `during` is called every 50 ms while it runs (the lab samples the server then).
 /// Exit status 0 and 1 both carry a report; anything else is an error.
-pub fn run_json(
+pub fn run_json<T: serde::de::DeserializeOwned>(
     mut cmd: Command,
     core: Option<usize>,
     limit: Duration,
     mut during: impl FnMut(Duration),
-) -> Result<serde_json::Value> {
+) -> Result<T> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -282,7 +282,8 @@ pub fn run_json(
             .unwrap_or("no message");
         bail!("client failed ({status}): {why}");
     }
-    serde_json::from_str(out.trim()).with_context(|| format!("client printed no JSON: {err}"))
+    serde_json::from_str(out.trim())
+        .with_context(|| format!("client printed no report the lab can read: {err}"))
 }
 
 #[cfg(test)]
@@ -329,11 +330,13 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo '{\"requests_ok\": 3}'; exit 1"]);
         let mut calls = 0;
-        let v = run_json(cmd, None, Duration::from_secs(5), |_| calls += 1).unwrap();
+        let v: serde_json::Value =
+            run_json(cmd, None, Duration::from_secs(5), |_| calls += 1).unwrap();
         assert_eq!(v["requests_ok"], 3);
         let mut bad = Command::new("sh");
         bad.args(["-c", "echo 'error: bad --conns' >&2; exit 2"]);
-        let err = run_json(bad, None, Duration::from_secs(5), |_| {}).unwrap_err();
+        let err =
+            run_json::<serde_json::Value>(bad, None, Duration::from_secs(5), |_| {}).unwrap_err();
         assert!(format!("{err:#}").contains("bad --conns"));
     }
 }
