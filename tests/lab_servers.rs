@@ -104,8 +104,23 @@ fn own_servers_are_measured_checked_and_cleaned_up() {
         "{}\n{stderr}",
         String::from_utf8_lossy(&run.stdout)
     );
+    // stderr is not a terminal here: one progress line per step, with what is left.
+    let steps: Vec<&str> = stderr.lines().filter(|l| l.starts_with("lab [")).collect();
+    assert!(steps.len() >= 5, "{stderr}");
+    assert!(steps[0].starts_with("lab [1/"), "{stderr}");
+    assert!(steps[1..].iter().all(|l| l.contains(" left: ")), "{stderr}");
+    assert!(stderr.contains("echo: starting talk-threads"), "{stderr}");
     let results: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    // Every experiment's exact commands, the user's own among them.
+    let echo_cmds = results["commands"]["echo"].as_array().unwrap();
+    let has = |needle: &str| {
+        echo_cmds
+            .iter()
+            .any(|c| c.as_str().unwrap().contains(needle))
+    };
+    assert!(has("plain.py' {port}"), "{echo_cmds:?}");
+    assert!(has(" load --addr 127.0.0.1:{port}"), "{echo_cmds:?}");
 
     // The correct servers: measured, zero errors, at every echo case and the hold.
     for name in ["talk-threads", "plain"] {

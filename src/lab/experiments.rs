@@ -46,7 +46,7 @@ fn echo_servers(lab: &Lab) -> Vec<ServerDecl> {
 
 /// Start `decl` with `template` (placeholders filled but `{port}`) for one experiment.
 fn start(
-    lab: &Lab,
+    lab: &mut Lab,
     decl: &ServerDecl,
     template: &str,
     tag: &str,
@@ -55,6 +55,7 @@ fn start(
 ) -> Result<Server> {
     let log = lab.logs.join(format!("{}-{tag}.log", decl.name));
     let command = fill(template, max_conns, max_n);
+    lab.record(experiment_of(tag), command.clone());
     Server::start(&Launch {
         name: &decl.name,
         command: &command,
@@ -63,6 +64,17 @@ fn start(
         ready_timeout: lab.plan.ready_timeout,
         grace: Duration::from_secs(decl.grace_secs),
     })
+}
+
+/// The experiment a server log tag belongs to.
+fn experiment_of(tag: &str) -> &'static str {
+    if tag.starts_with("hold") {
+        "scaling"
+    } else if tag.starts_with("fib") {
+        "fibload"
+    } else {
+        "echo"
+    }
 }
 
 /// A point for a server that failed verification earlier: not measured again.
@@ -98,6 +110,7 @@ pub fn cpu(lab: &mut Lab) -> Result<()> {
         lab.step("cpu: concur fib, five modes");
         let mut cmd = Command::new(&lab.exe);
         cmd.args(["fib", "--n", &rust_list, "--json"]);
+        lab.record("cpu", runner::command_line(&cmd));
         let report: FibRun = runner::run_json(cmd, None, Duration::from_secs(600), |_| {})?;
         collect_fib_rows(&report, &mut runs);
         if let Some(python) = lab.python.clone() {
@@ -105,6 +118,7 @@ pub fn cpu(lab: &mut Lab) -> Result<()> {
             let mut cmd = Command::new(python);
             cmd.arg(lab.peers_dir.join("fib_cpu.py"))
                 .arg(list(&lab.plan.fib_python_n));
+            lab.record("cpu", runner::command_line(&cmd));
             match runner::run_json(cmd, None, Duration::from_secs(600), |_| {}) {
                 Ok(report) => collect_fib_rows(&report, &mut py_runs),
                 Err(e) => py_error = Some(format!("{e:#}")),
@@ -254,7 +268,7 @@ enum Stop {
 
 /// One `concur load` run against `server`, with the server sampled around it.
 fn load_run(
-    lab: &Lab,
+    lab: &mut Lab,
     server: &mut Server,
     service: &str,
     extra: &[String],
@@ -280,6 +294,11 @@ fn load_run(
         &secs(lab.plan.timeout),
     ])
     .args(extra);
+    let experiment = if service == "fib" { "fibload" } else { "echo" };
+    lab.record(
+        experiment,
+        runner::command_line(&cmd).replace(&server.addr, "127.0.0.1:{port}"),
+    );
     let mut peak = before;
     let half = lab.plan.duration / 2;
     let mut sampled = false;
@@ -415,7 +434,7 @@ pub fn scaling(lab: &mut Lab) -> Result<()> {
 /// One hold; returns the metrics and, when not every connection opened, answered and
 /// stayed open, why not.
 fn hold_run(
-    lab: &Lab,
+    lab: &mut Lab,
     server: &mut Server,
     n: u32,
     prefix: &str,
@@ -444,6 +463,12 @@ fn hold_run(
         &secs(lab.plan.hold_duration),
     ])
     .args(["--server-pid", &pid.to_string()]);
+    lab.record(
+        "scaling",
+        runner::command_line(&cmd)
+            .replace(&server.addr, "127.0.0.1:{port}")
+            .replace(&format!("--server-pid {pid}"), "--server-pid {pid}"),
+    );
     let mut peak = before;
     let mut next_sample = Duration::ZERO;
     let limit = lab.plan.hold_duration + Duration::from_secs(120);

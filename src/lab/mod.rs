@@ -12,6 +12,7 @@ pub mod chart;
 pub mod config;
 pub mod experiments;
 pub mod fmt;
+pub mod progress;
 pub mod render;
 pub mod results;
 pub mod runner;
@@ -21,7 +22,6 @@ pub mod views;
 
 use crate::error::bad_input;
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use results::{Machine, Results};
 use stats::Point;
 use std::path::{Path, PathBuf};
@@ -272,18 +272,27 @@ pub struct Lab {
     pub servers: Vec<servers::ServerDecl>,
     /// Servers that answered wrongly, with where: they are not measured again.
     pub unverified: std::collections::BTreeMap<String, String>,
-    progress: ProgressBar,
+    /// Experiment id to the exact command lines it ran (servers and clients).
+    pub commands: std::collections::BTreeMap<String, Vec<String>>,
+    progress: progress::Progress,
 }
 
 impl Lab {
-    /// Advance the progress bar and name what runs now.
-    pub fn step(&self, what: &str) {
-        self.progress.set_message(what.to_string());
-        self.progress.inc(1);
+    /// Advance the progress (bar or log line) and name what runs now.
+    pub fn step(&mut self, what: &str) {
+        self.progress.step(what);
     }
 
-    pub fn skip_steps(&self, n: usize) {
-        self.progress.inc(n as u64);
+    pub fn skip_steps(&mut self, n: usize) {
+        self.progress.skip(n);
+    }
+
+    /// Remember a command line an experiment ran (each distinct one once).
+    pub fn record(&mut self, experiment: &str, line: String) {
+        let list = self.commands.entry(experiment.to_string()).or_default();
+        if !list.contains(&line) {
+            list.push(line);
+        }
     }
 
     /// Record that a server could not be started for an experiment.
@@ -384,17 +393,7 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let total = experiments::planned_steps(&plan, &servers, python_ok) as u64;
-    let progress =
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) && !crate::logging::quiet() {
-            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
-        } else {
-            ProgressBar::hidden()
-        };
-    progress.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let progress = progress::Progress::new(total);
     let mut lab = Lab {
         exe: exe.to_path_buf(),
         python: python_path.clone(),
@@ -406,6 +405,7 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
         notes: Vec::new(),
         servers,
         unverified: Default::default(),
+        commands: Default::default(),
         progress,
     };
     if plan
@@ -437,7 +437,7 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
             lab.notes.push(format!("{exp}: {e:#}"));
         }
     }
-    lab.progress.finish_and_clear();
+    lab.progress.finish();
     let mut results = Results {
         concur_version: env!("CARGO_PKG_VERSION").to_string(),
         started_unix,
@@ -448,6 +448,15 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
         points: lab.points,
         answers: Default::default(),
         notes: lab.notes,
+        commands: lab.commands,
+        servers: lab
+            .servers
+            .iter()
+            .map(|d| results::ServerInfo {
+                name: d.name.clone(),
+                family: d.family,
+            })
+            .collect(),
     };
     let mut views = views::views(&results);
     views.retain(|v| plan.experiments.iter().any(|e| e == v.id));

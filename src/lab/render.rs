@@ -8,9 +8,161 @@ use super::views::View;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+/// Which machine and software produced the report, as label and text.
+pub fn header(results: &Results) -> Vec<(String, String)> {
+    let m = &results.machine;
+    let mut h = vec![
+        (
+            "machine".to_string(),
+            format!(
+                "{}: {} cores ({}), {:.1} GiB",
+                if m.hostname.is_empty() {
+                    "unknown"
+                } else {
+                    &m.hostname
+                },
+                m.cores,
+                m.cpu_model,
+                m.memory_gib
+            ),
+        ),
+        ("kernel".to_string(), format!("Linux {}", m.kernel)),
+        ("concur".to_string(), results.concur_version.clone()),
+        (
+            "CPython".to_string(),
+            m.python.clone().unwrap_or_else(|| {
+                "python3 not found (or not asked for), so no CPython references".into()
+            }),
+        ),
+    ];
+    if results.started_unix > 0 {
+        h.push(("started".to_string(), utc(results.started_unix)));
+    }
+    h
+}
+
+/// Unix seconds as `2026-11-27 01:24 UTC` (civil-from-days, proleptic Gregorian).
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let (hh, mm) = (secs % 86_400 / 3600, secs % 3600 / 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y}-{m:02}-{d:02} {hh:02}:{mm:02} UTC")
+}
+
+/// The run's parameters as a short list a person reads (results.json keeps the JSON).
+pub fn params_list(p: &serde_json::Value) -> Vec<(String, String)> {
+    let num = |k: &str| p.get(k).and_then(|v| v.as_u64());
+    let list = |k: &str| -> Vec<u64> {
+        p.get(k)
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+            .unwrap_or_default()
+    };
+    let names = |k: &str| -> Vec<String> {
+        p.get(k)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let fib_list = |ns: Vec<u64>| match ns.first() {
+        Some(&n) if ns.iter().all(|&x| x == n) => format!("fib({n})x{}", ns.len()),
+        _ => ns
+            .iter()
+            .map(|n| format!("fib({n})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let mut out = Vec::new();
+    if p.get("quick").and_then(|v| v.as_bool()) == Some(true) {
+        out.push(("size".into(), "--quick: a small matrix".into()));
+    }
+    out.push(("experiments".into(), names("experiments").join(", ")));
+    let models = names("models");
+    out.push((
+        "concur models".into(),
+        if models.is_empty() {
+            "none".into()
+        } else {
+            models.join(", ")
+        },
+    ));
+    if let Some(users) = p.get("user_servers").and_then(|v| v.as_array())
+        && !users.is_empty()
+    {
+        let list: Vec<&str> = users
+            .iter()
+            .filter_map(|u| u.get("name").and_then(|n| n.as_str()))
+            .collect();
+        out.push(("your servers".into(), list.join(", ")));
+    }
+    if let Some(r) = num("repeat") {
+        out.push(("repeats per point".into(), r.to_string()));
+    }
+    if let (Some(d), Some(t)) = (num("duration"), num("timeout")) {
+        out.push((
+            "each load run".into(),
+            format!("{d} ms, a reply later than {t} ms is a timeout"),
+        ));
+    }
+    let echo = list("echo_conns");
+    if !echo.is_empty() {
+        out.push((
+            "echo".into(),
+            format!(
+                "64-byte requests at {} connections; 4 KiB at {}",
+                echo.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                num("big_conns").unwrap_or(0)
+            ),
+        ));
+    }
+    let hold = list("hold_conns");
+    if !hold.is_empty() {
+        out.push((
+            "scaling".into(),
+            format!(
+                "hold {} connections, {} ms each",
+                hold.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", then "),
+                num("hold_duration").unwrap_or(0)
+            ),
+        ));
+    }
+    out.push((
+        "cpu".into(),
+        format!(
+            "{} in Rust, {} in CPython",
+            fib_list(list("fib_rust_n")),
+            fib_list(list("fib_python_n"))
+        ),
+    ));
+    if let (Some(h), Some(hp)) = (num("heavy"), num("heavy_python")) {
+        out.push((
+            "fibload".into(),
+            format!("fib(1) clients beside one asking fib({h}) (Rust servers) or fib({hp}) (CPython and yours, unless set)"),
+        ));
+    }
+    out
+}
+
 /// The self-contained HTML report.
 pub fn html(results: &Results, views: &[View]) -> String {
-    let m = &results.machine;
     let mut s = String::new();
     let _ = write!(
         s,
@@ -19,21 +171,14 @@ body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;colo
 table{{border-collapse:collapse;margin:1em 0;font-size:0.9em}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
 td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}\
 blockquote{{color:#555;border-left:4px solid #ddd;margin:0;padding-left:1em}}.answer{{background:#eef6ee;padding:0.6em 1em}}\
-.warn{{background:#fff3e0;padding:0.6em 1em}}code{{word-break:break-all}}</style></head><body>\n<h1>concur lab report</h1>\n"
+.warn{{background:#fff3e0;padding:0.6em 1em}}code{{word-break:break-all}}\
+pre{{white-space:pre-wrap;word-break:break-all;font-size:0.8em;background:#f7f7f7;padding:0.5em}}.facts{{list-style:none;padding:0}}</style></head><body>\n<h1>concur lab report</h1>\n"
     );
-    let _ = writeln!(
-        s,
-        "<p>concur {} on {} cores ({}), kernel {}, {:.1} GiB{}.</p>",
-        escape(&results.concur_version),
-        m.cores,
-        escape(&m.cpu_model),
-        escape(&m.kernel),
-        m.memory_gib,
-        m.python.as_ref().map_or(
-            String::from("; python3 not found, so no CPython references"),
-            |p| format!("; CPython {}", escape(p))
-        )
-    );
+    s.push_str("<ul class=\"facts\">");
+    for (k, v) in header(results) {
+        let _ = write!(s, "<li><b>{}:</b> {}</li>", escape(&k), escape(&v));
+    }
+    s.push_str("</ul>\n");
     if results.pinned {
         s.push_str("<p>Each server ran pinned to core 0 and its load to core 1.</p>\n");
     } else {
@@ -42,11 +187,11 @@ blockquote{{color:#555;border-left:4px solid #ddd;margin:0;padding-left:1em}}.an
     if results.interrupted {
         s.push_str("<p class=\"warn\">The run was interrupted: this report holds what was measured before.</p>\n");
     }
-    let _ = writeln!(
-        s,
-        "<p>Parameters: <code>{}</code></p>",
-        escape(&results.params.to_string())
-    );
+    s.push_str("<details open><summary>Parameters</summary><ul>");
+    for (k, v) in params_list(&results.params) {
+        let _ = write!(s, "<li>{}: {}</li>", escape(&k), escape(&v));
+    }
+    s.push_str("</ul><p>results.json keeps them exactly.</p></details>\n");
     for n in &results.notes {
         let _ = writeln!(s, "<p class=\"warn\">{}</p>", escape(n));
     }
@@ -77,6 +222,14 @@ blockquote{{color:#555;border-left:4px solid #ddd;margin:0;padding-left:1em}}.an
             s.push_str("</tr>\n");
         }
         s.push_str("</table>\n");
+        if let Some(cmds) = results.commands.get(v.id) {
+            let _ = writeln!(
+                s,
+                "<details><summary>the exact commands ({})</summary><pre>{}</pre></details>",
+                cmds.len(),
+                escape(&cmds.join("\n"))
+            );
+        }
         if !v.failures.is_empty() {
             s.push_str("<details><summary>failures and skipped points</summary><ul>");
             for f in &v.failures {
@@ -94,12 +247,14 @@ blockquote{{color:#555;border-left:4px solid #ddd;margin:0;padding-left:1em}}.an
 /// The tables in Markdown.
 pub fn markdown(results: &Results, views: &[View]) -> String {
     let mut s = String::from("# concur lab summary\n\n");
-    let m = &results.machine;
-    let _ = writeln!(
-        s,
-        "{} cores ({}), kernel {}, concur {}.\n",
-        m.cores, m.cpu_model, m.kernel, results.concur_version
-    );
+    for (k, v) in header(results) {
+        let _ = writeln!(s, "- **{k}:** {v}");
+    }
+    s.push_str("\nParameters:\n\n");
+    for (k, v) in params_list(&results.params) {
+        let _ = writeln!(s, "- {k}: {v}");
+    }
+    s.push('\n');
     if results.interrupted {
         s.push_str("**Interrupted:** only what was measured before Ctrl-C.\n\n");
     }
@@ -125,6 +280,9 @@ pub fn markdown(results: &Results, views: &[View]) -> String {
             );
         }
         s.push('\n');
+        if let Some(cmds) = results.commands.get(v.id) {
+            let _ = writeln!(s, "Commands:\n\n```sh\n{}\n```\n", cmds.join("\n"));
+        }
     }
     s
 }
@@ -242,6 +400,48 @@ mod tests {
             assert!(page.contains(&format!("id=\"{id}\"")), "{id}");
         }
         assert!(markdown(&r, &views).contains("| mode |"));
+    }
+
+    #[test]
+    fn header_names_machine_kernel_cpu_version_and_commands() {
+        let mut r = results(vec![point(
+            "echo",
+            "epoll",
+            "conns=10 size=64",
+            &[("req_per_s", 2.0)],
+        )]);
+        r.started_unix = 1_700_000_000;
+        r.commands.insert(
+            "echo".into(),
+            vec!["concur load --addr 127.0.0.1:{port} --prefix 'Received: '".into()],
+        );
+        r.params = serde_json::json!({"repeat": 3, "experiments": ["echo"], "models": [],
+            "fib_rust_n": [40, 40, 40, 40], "fib_python_n": [30, 30, 30, 30],
+            "echo_conns": [1, 10], "big_conns": 100, "duration": 1000, "timeout": 2000});
+        let views = crate::lab::views::views(&r);
+        let page = html(&r, &views);
+        for needle in [
+            "kernel:",
+            "concur:",
+            &r.machine.cpu_model,
+            "2023-11-14 22:13 UTC",
+            "repeats per point: 3",
+            "fib(40)x4 in Rust, fib(30)x4 in CPython",
+            "64-byte requests at 1, 10 connections",
+            "--addr 127.0.0.1:{port} --prefix &#39;Received: &#39;",
+        ] {
+            let needle = needle.replace("&#39;", "'");
+            assert!(page.contains(&needle), "{needle} missing");
+        }
+        assert!(!page.contains("\"fib_rust_n\""), "no raw JSON");
+        let md = markdown(&r, &views);
+        assert!(md.contains("```sh\nconcur load"), "{md}");
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
     }
 
     #[test]

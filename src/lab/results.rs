@@ -3,6 +3,7 @@
 //! [`HoldReport`], the fib table of `concur fib --json` and `fib_cpu.py`) into the
 //! metrics of a [`Point`]. Nothing here formats or draws: the views read these.
 
+use super::servers::Family;
 use super::stats::Point;
 use crate::hold::HoldReport;
 use crate::load::report::LoadReport;
@@ -33,11 +34,27 @@ pub struct Results {
     pub answers: BTreeMap<String, String>,
     /// Things that went wrong outside any one point (e.g. a server that ignored SIGTERM).
     pub notes: Vec<String>,
+    /// Experiment id to the exact command lines it ran: servers (`{port}` is the free
+    /// port each got) and clients (`{pid}` the server's).
+    #[serde(default)]
+    pub commands: BTreeMap<String, Vec<String>>,
+    /// The servers of the run in order, with their family.
+    #[serde(default)]
+    pub servers: Vec<ServerInfo>,
+}
+
+/// A server of the run, as the report groups it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub name: String,
+    pub family: Family,
 }
 
 /// The machine's facts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
+    #[serde(default)]
+    pub hostname: String,
     pub cores: usize,
     pub kernel: String,
     pub cpu_model: String,
@@ -66,7 +83,10 @@ impl Machine {
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|r| r.split_whitespace().next()?.parse::<f64>().ok())
             .unwrap_or(0.0);
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_or_else(|_| "unknown".into(), |s| s.trim().to_string());
         Machine {
+            hostname,
             cores: crate::sys::cores(),
             kernel,
             cpu_model,

@@ -327,6 +327,26 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// A command as one line a shell would run again: program and arguments, each quoted
+/// when it holds anything a shell would read.
+pub fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| {
+            let a = a.to_string_lossy();
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+{}".contains(c))
+            {
+                a.into_owned()
+            } else {
+                super::servers::sh_quote(&a)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Run a client that prints one JSON object, pinned to `core`, killed after `limit`.
 /// `during` is called every 50 ms while it runs (the lab samples the server then).
 /// Exit status 0 and 1 both carry a report; anything else is an error.
@@ -451,6 +471,24 @@ while True: time.sleep(0.05)'";
         for p in escaped {
             assert!(!alive(p), "a process that left the group survived: {p}");
         }
+    }
+
+    #[test]
+    fn command_lines_are_quoted_only_where_needed() {
+        let mut cmd = Command::new("/bin/concur");
+        cmd.args([
+            "load",
+            "--prefix",
+            "Received: ",
+            "--addr",
+            "127.0.0.1:80",
+            "--x",
+            "",
+        ]);
+        assert_eq!(
+            command_line(&cmd),
+            "/bin/concur load --prefix 'Received: ' --addr 127.0.0.1:80 --x ''"
+        );
     }
 
     #[test]

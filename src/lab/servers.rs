@@ -14,7 +14,9 @@ use crate::models::{Ceiling, ModelInfo};
 use anyhow::Result;
 
 /// Which family a server belongs to: the report groups them so each can be found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// The talk's five models in Rust.

@@ -94,6 +94,8 @@ pub(crate) mod testing {
             points,
             answers: BTreeMap::new(),
             notes: vec![],
+            commands: BTreeMap::new(),
+            servers: vec![],
         }
     }
 }
