@@ -221,6 +221,15 @@ pub fn lines(
                         chart.draw_series(LineSeries::new(s.values.clone(), color.stroke_width(2)));
                     let _ = chart
                         .draw_series(s.values.iter().map(|&p| Circle::new(p, 3, color.filled())));
+                    // A direct label where the line ends: found without the legend.
+                    if let Some(&last) = s.values.last() {
+                        let style = ("sans-serif", 12).into_font().color(&color);
+                        let _ = chart.draw_series(std::iter::once(Text::new(
+                            s.name.clone(),
+                            last,
+                            style,
+                        )));
+                    }
                 }
             }};
         }

@@ -11,7 +11,7 @@
 //! server that answers wrongly fails verification and is not measured further; one
 //! that answers nothing or dies is reported with why, and the others go on.
 
-use super::results::{self, FibRun};
+use super::results::{self, FibRun, SAME_N_CASE};
 use super::runner::{self, Launch, Server};
 use super::servers::{Ladder, ServerDecl, fill};
 use super::stats::Point;
@@ -103,6 +103,7 @@ pub fn cpu(lab: &mut Lab) -> Result<()> {
     let mut runs: BTreeMap<String, Vec<BTreeMap<String, f64>>> = BTreeMap::new();
     let mut py_runs: BTreeMap<String, Vec<BTreeMap<String, f64>>> = BTreeMap::new();
     let mut py_error = None;
+    let mut same_n = Vec::new();
     for _ in 0..lab.plan.repeat {
         if runner::interrupted() {
             break;
@@ -123,7 +124,24 @@ pub fn cpu(lab: &mut Lab) -> Result<()> {
                 Ok(report) => collect_fib_rows(&report, &mut py_runs),
                 Err(e) => py_error = Some(format!("{e:#}")),
             }
+            // Per call on the same n: Rust runs CPython's list sequentially too.
+            lab.step("cpu: CPython's list in Rust, sequentially");
+            let mut cmd = Command::new(&lab.exe);
+            cmd.args(["fib", "--n", &list(&lab.plan.fib_python_n)])
+                .args(["--mode", "sequential", "--json"]);
+            lab.record("cpu", runner::command_line(&cmd));
+            let report: FibRun = runner::run_json(cmd, None, Duration::from_secs(600), |_| {})?;
+            for row in &report.rows {
+                same_n.push(row.metrics());
+            }
         }
+    }
+    if !same_n.is_empty() {
+        let mut p = Point::new("cpu", "rust", SAME_N_CASE);
+        p.params
+            .insert("n".into(), serde_json::json!(lab.plan.fib_python_n));
+        p.set_runs(&same_n);
+        lab.points.push(p);
     }
     for (server, ns, runs) in [
         ("rust", &lab.plan.fib_rust_n, runs),
@@ -412,10 +430,11 @@ pub fn scaling(lab: &mut Lab) -> Result<()> {
                 Ok((m, shortfall)) => {
                     p.set_runs(&[m]);
                     if let Some(why) = shortfall {
-                        let log = runner::last_line(&server.log)
-                            .map(|l| format!("; server said: {l}"))
+                        let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+                        let said = results::server_reason(&log)
+                            .map(|l| format!("; the server: {l}"))
                             .unwrap_or_default();
-                        p.error = Some(format!("{why}{log}"));
+                        p.error = Some(format!("{why}{said}"));
                         failed = true;
                     }
                 }
@@ -612,7 +631,7 @@ pub fn planned_steps(plan: &Plan, servers: &[ServerDecl], python: bool) -> usize
     let has = |e: &str| plan.experiments.iter().any(|x| x == e);
     let mut total = 0;
     if has("cpu") {
-        total += plan.repeat * if python { 2 } else { 1 };
+        total += plan.repeat * if python { 3 } else { 1 };
     }
     if has("echo") {
         let echo_cases = plan.echo_conns.len() + 1;

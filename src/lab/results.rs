@@ -13,6 +13,10 @@ use std::collections::BTreeMap;
 /// The experiments, in the order the report shows them.
 pub const EXPERIMENTS: [&str; 4] = ["cpu", "echo", "scaling", "fibload"];
 
+/// The cpu case of Rust running CPython's list sequentially: one naive fib(n) per
+/// call, compared on the same n.
+pub const SAME_N_CASE: &str = "mode=sequential on CPython's list";
+
 /// One run's metrics, by name.
 pub type Metrics = BTreeMap<String, f64>;
 
@@ -181,6 +185,63 @@ pub fn verification_failure(r: &LoadReport) -> Option<String> {
     ))
 }
 
+/// Why a server refused or dropped connections, in words, from the last warning or
+/// error in its log: `2026-11-27T01:24:15Z WARN refused 127.0.0.5:4711: descriptor
+/// 1024 >= FD_SETSIZE ...` becomes "select(2) cannot watch descriptor 1024 (FD_SETSIZE
+/// is 1024)". The raw line stays in the server's log.
+pub fn server_reason(log: &str) -> Option<String> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("WARN") || l.contains("ERROR"))
+        .or_else(|| log.lines().rev().find(|l| !l.trim().is_empty()))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // Drop a leading timestamp and log level.
+    let skip = words
+        .iter()
+        .take(2)
+        .take_while(|w| {
+            w.chars().next().is_some_and(|c| c.is_ascii_digit()) && w.contains(':')
+                || ["WARN", "ERROR", "INFO", "DEBUG"].contains(w)
+        })
+        .count();
+    let text = words[skip..].join(" ");
+    let after = |key: &str| {
+        text.split(key)
+            .nth(1)
+            .and_then(|r| {
+                r.split(|c: char| !c.is_ascii_digit())
+                    .find(|s| !s.is_empty())
+            })
+            .map(String::from)
+    };
+    let said = if text.contains("FD_SETSIZE") {
+        let fd = after("descriptor ").unwrap_or_else(|| "1024".into());
+        format!("select(2) cannot watch descriptor {fd} (FD_SETSIZE is 1024)")
+    } else if text.contains("cannot fork") {
+        format!(
+            "the server could not fork another process ({})",
+            text.rsplit(": ").next().unwrap_or("")
+        )
+    } else if text.contains("cannot start a thread") {
+        format!(
+            "the server could not start another thread ({})",
+            text.rsplit(": ").next().unwrap_or("")
+        )
+    } else if text.contains("waiting clients is full") {
+        "the worker pool was busy and its queue of waiting clients full".to_string()
+    } else if text.contains("--max-conns") {
+        "the server reached its --max-conns limit".to_string()
+    } else if text.contains("Too many open files") {
+        "the server ran out of file descriptors (EMFILE)".to_string()
+    } else if text.starts_with("listening on") {
+        return None;
+    } else {
+        text
+    };
+    Some(said)
+}
+
 /// The client's side of one `concur hold` run.
 pub fn hold_metrics(r: &HoldReport) -> Metrics {
     let mut m = Metrics::from([
@@ -290,6 +351,26 @@ mod tests {
             "server": null, "window_start_unix": 0.0, "window_end_unix": 0.4,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn server_log_lines_become_reasons_in_words() {
+        let select = "listening on 127.0.0.1:1 model=select\n2026-11-27T01:24:15Z  WARN refused 127.0.0.5:4711: descriptor 1024 >= FD_SETSIZE (1024), select(2) cannot watch it\n";
+        assert_eq!(
+            server_reason(select).unwrap(),
+            "select(2) cannot watch descriptor 1024 (FD_SETSIZE is 1024)"
+        );
+        let fork = "2026-11-27T01:24:15Z WARN refused 127.0.0.1:5: cannot fork: EAGAIN: Resource temporarily unavailable";
+        assert!(
+            server_reason(fork)
+                .unwrap()
+                .starts_with("the server could not fork")
+        );
+        assert_eq!(server_reason("listening on 127.0.0.1:1 model=x\n"), None);
+        assert_eq!(
+            server_reason("Traceback: OSError: boom").unwrap(),
+            "Traceback: OSError: boom"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use super::{View, failures, find, pts};
 use crate::lab::chart::{self, Series};
 use crate::lab::fmt::secs3;
+use crate::lab::results::SAME_N_CASE;
 use crate::lab::stats::Point;
 use std::fmt::Write;
 
@@ -15,12 +16,33 @@ const FIB_MODES: [&str; 6] = [
     "pool",
 ];
 
+/// `fib(40)x4`, or the list itself when its n differ.
+fn list_name(ns: &[u64]) -> String {
+    match ns.first() {
+        Some(&n) if ns.iter().all(|&x| x == n) => format!("fib({n})x{}", ns.len()),
+        _ => ns
+            .iter()
+            .map(|n| format!("fib({n})"))
+            .collect::<Vec<_>>()
+            .join("+"),
+    }
+}
+
 pub fn view(points: &[Point]) -> View {
     let ps = pts(points, "cpu");
     let get = |server: &str, mode: &str, metric: &str| {
         find(&ps, server, &format!("mode={mode}")).and_then(|p| p.get(metric))
     };
-    let rows: Vec<Vec<String>> = FIB_MODES
+    let list_of = |server: &str, case: &str| -> Vec<u64> {
+        find(&ps, server, case)
+            .and_then(|p| p.params.get("n"))
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+            .unwrap_or_default()
+    };
+    let rust_list = list_of("rust", "mode=sequential");
+    let py_list = list_of("python", "mode=sequential");
+    let mut rows: Vec<Vec<String>> = FIB_MODES
         .iter()
         .map(|m| {
             let wrong = if m.contains("reported") {
@@ -37,6 +59,23 @@ pub fn view(points: &[Point]) -> View {
             ]
         })
         .collect();
+    // One naive fib(n) per call, Rust against CPython on the same n.
+    let same = find(&ps, "rust", SAME_N_CASE).and_then(|p| p.get("wall_secs"));
+    let py_seq = get("python", "sequential", "wall_secs");
+    let per_call = match (same, py_seq, py_list.first()) {
+        (Some(r), Some(p), Some(&n)) if r > 0.0 && !py_list.is_empty() => {
+            let calls = py_list.len() as f64;
+            rows.push(vec![
+                format!("one fib({n}) call, same n in both"),
+                format!("{:.3} ms", r / calls * 1e3),
+                "-".into(),
+                format!("{:.3} ms", p / calls * 1e3),
+                "-".into(),
+            ]);
+            Some((n, r / calls, p / calls, p / r))
+        }
+        _ => None,
+    };
     let plotted = ["sequential", "threads", "processes", "pool"];
     let series: Vec<Series<Vec<Option<f64>>>> = ["rust", "python"]
         .iter()
@@ -105,6 +144,16 @@ pub fn view(points: &[Point]) -> View {
             j
         );
     }
+    if let Some((n, r, p, x)) = per_call {
+        let _ = write!(
+            answer,
+            " The two languages ran different lists (Rust {}, CPython {}), so compare speedups, not wall times, across them; per call on the same n, one naive fib({n}) took {:.3} ms in Rust and {:.1} ms in CPython: Rust was {x:.0}x faster.",
+            list_name(&rust_list),
+            list_name(&py_list),
+            r * 1e3,
+            p * 1e3
+        );
+    }
     if answer.is_empty() {
         answer = "Not measured.".into();
     }
@@ -113,15 +162,13 @@ pub fn view(points: &[Point]) -> View {
         title: "1. CPU-bound: threads or processes?",
         question: "In Python, which technique will be faster for (concurrently) solving a list of Fibonacci numbers: multi-threading or multi-processing? Why?",
         answer,
-        columns: [
-            "mode",
-            "Rust wall s",
-            "Rust speedup",
-            "CPython wall s",
-            "CPython speedup",
-        ]
-        .map(String::from)
-        .to_vec(),
+        columns: vec![
+            "mode".into(),
+            format!("Rust wall s, {}", list_name(&rust_list)),
+            "Rust speedup".into(),
+            format!("CPython wall s, {}", list_name(&py_list)),
+            "CPython speedup".into(),
+        ],
         rows,
         chart,
         failures: failures(&ps),
@@ -158,5 +205,36 @@ mod tests {
             point("cpu", "python", "mode=processes", &[("speedup", 1.0)]),
         ]);
         assert!(!view(&slower.points).answer.contains("GIL"));
+    }
+
+    #[test]
+    fn lists_are_named_and_one_call_compared_on_the_same_n() {
+        let with_n = |mut p: Point, ns: &[u64]| {
+            p.params.insert("n".into(), serde_json::json!(ns));
+            p
+        };
+        let r = results(vec![
+            with_n(
+                point("cpu", "rust", "mode=sequential", &[("wall_secs", 2.0)]),
+                &[40; 4],
+            ),
+            with_n(
+                point("cpu", "python", "mode=sequential", &[("wall_secs", 1.2)]),
+                &[30; 4],
+            ),
+            with_n(
+                point("cpu", "rust", SAME_N_CASE, &[("wall_secs", 0.012)]),
+                &[30; 4],
+            ),
+        ]);
+        let v = view(&r.points);
+        assert_eq!(v.columns[1], "Rust wall s, fib(40)x4");
+        assert_eq!(v.columns[3], "CPython wall s, fib(30)x4");
+        assert!(v.answer.contains("one naive fib(30) took 3.000 ms in Rust and 300.0 ms in CPython: Rust was 100x faster"), "{}", v.answer);
+        assert!(
+            v.rows
+                .iter()
+                .any(|r| r[0] == "one fib(30) call, same n in both")
+        );
     }
 }

@@ -8,8 +8,10 @@ mod echo;
 mod fibload;
 mod scaling;
 
-use super::results::Results;
-use super::stats::Point;
+use super::fmt::human;
+use super::results::{Results, ServerInfo};
+use super::servers::Family;
+use super::stats::{Point, Stat};
 
 /// One experiment ready to show.
 pub struct View {
@@ -60,10 +62,47 @@ pub(crate) fn failures(points: &[&Point]) -> Vec<String> {
 pub fn views(results: &Results) -> Vec<View> {
     vec![
         cpu::view(&results.points),
-        echo::view(&results.points),
+        echo::view(&results.points, &results.servers),
         scaling::view(&results.points),
         fibload::view(&results.points),
     ]
+}
+
+/// The family of a server: as the run declared it, else (a results.json from before
+/// families were recorded) guessed from its name.
+pub(crate) fn family_of(name: &str, servers: &[ServerInfo]) -> Family {
+    if let Some(s) = servers.iter().find(|s| s.name == name) {
+        return s.family;
+    }
+    if name.starts_with("python-") {
+        Family::Python
+    } else if crate::models::by_name(name).is_some() {
+        if ["blocking", "threads", "processes", "select", "async"].contains(&name) {
+            Family::Talk
+        } else {
+            Family::Further
+        }
+    } else {
+        Family::User
+    }
+}
+
+/// A median with the spread of its repeats: `45k (44k–47k)`; the median alone for one run.
+pub(crate) fn spread_cell(s: Option<&Stat>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) if s.runs.len() < 2 || s.min == s.max => human(s.median),
+        Some(s) => format!("{} ({}–{})", human(s.median), human(s.min), human(s.max)),
+    }
+}
+
+/// "a", "a and b", "a, b and c".
+pub(crate) fn join_and(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
 }
 
 /// The connection count a point was measured at.

@@ -14,10 +14,18 @@ pub fn view(points: &[Point]) -> View {
         .collect();
     rungs.sort_unstable();
     rungs.dedup();
+    // PSS where the kernel gives it: RSS counts pages a forked child shares with its
+    // parent once per child, so a forking server would look a process per connection.
+    let pss = ps.iter().any(|p| p.get("pss_kb_per_conn").is_some());
+    let (mem_key, measure) = if pss {
+        ("pss_kb_per_conn", "PSS")
+    } else {
+        ("rss_kb_per_conn", "RSS")
+    };
     let mut columns = vec!["server".to_string(), "held".into()];
     for r in &rungs {
         columns.push(format!("{r}: open s"));
-        columns.push(format!("{r}: KB/conn"));
+        columns.push(format!("{r}: KB/conn ({measure})"));
     }
     columns.push("stopped because".into());
     let mut rows = Vec::new();
@@ -34,7 +42,7 @@ pub fn view(points: &[Point]) -> View {
             let p = mine.iter().find(|p| conns_of(p) == Some(*r as f64));
             row.push(cell(p.and_then(|p| p.get("open_secs"))));
             row.push(
-                p.and_then(|p| p.get("rss_kb_per_conn"))
+                p.and_then(|p| p.get(mem_key))
                     .map_or("-".into(), |x| format!("{x:.1}")),
             );
         }
@@ -74,13 +82,18 @@ pub fn view(points: &[Point]) -> View {
         let mut lightest: Vec<(String, f64)> = ps
             .iter()
             .filter(|p| conns_of(p) == Some(*top as f64) && p.error.is_none())
-            .filter_map(|p| p.get("rss_kb_per_conn").map(|k| (p.server.clone(), k)))
+            .filter_map(|p| p.get(mem_key).map(|k| (p.server.clone(), k)))
             .collect();
         lightest.sort_by(|a, b| a.1.total_cmp(&b.1));
         if let Some((s, k)) = lightest.first() {
             let _ = write!(
                 answer,
-                "The lightest was {s} at {k:.1} KB of server memory per connection. "
+                "The lightest was {s} at {k:.1} KB of server memory per connection ({}). ",
+                if pss {
+                    "PSS over its process tree: pages shared by several processes counted once"
+                } else {
+                    "RSS over its process tree"
+                }
             );
         }
     }
