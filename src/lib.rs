@@ -24,6 +24,7 @@ pub mod logging;
 pub mod merge;
 pub mod models;
 pub mod output;
+pub mod proctree;
 pub mod protocol;
 pub mod serve;
 pub mod sys;

@@ -1,6 +1,7 @@
 //! Charts as inline SVG (plotters' SVG backend, text as SVG `<text>`): the report stays
 //! one self-contained file that fetches nothing.
 
+use super::fmt::{escape, human};
 use plotters::prelude::*;
 
 const SIZE: (u32, u32) = (760, 380);
@@ -220,6 +221,15 @@ pub fn lines(
                         chart.draw_series(LineSeries::new(s.values.clone(), color.stroke_width(2)));
                     let _ = chart
                         .draw_series(s.values.iter().map(|&p| Circle::new(p, 3, color.filled())));
+                    // A direct label where the line ends: found without the legend.
+                    if let Some(&last) = s.values.last() {
+                        let style = ("sans-serif", 12).into_font().color(&color);
+                        let _ = chart.draw_series(std::iter::once(Text::new(
+                            s.name.clone(),
+                            last,
+                            style,
+                        )));
+                    }
                 }
             }};
         }
@@ -243,24 +253,8 @@ fn svg_fallback(title: &str) -> String {
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"60\"><text x=\"10\" y=\"35\" font-family=\"sans-serif\">{}: no data</text></svg>",
         SIZE.0,
-        super::report::escape(title)
+        escape(title)
     )
-}
-
-/// 1234567 -> "1.2M", 0.5 -> "0.5".
-pub fn human(x: f64) -> String {
-    let a = x.abs();
-    if a >= 1e6 {
-        format!("{:.1}M", x / 1e6)
-    } else if a >= 1e4 {
-        format!("{:.0}k", x / 1e3)
-    } else if a >= 1e3 {
-        format!("{:.1}k", x / 1e3)
-    } else if a >= 10.0 || a == 0.0 {
-        format!("{x:.0}")
-    } else {
-        format!("{x:.2}")
-    }
 }
 
 #[cfg(test)]
@@ -321,13 +315,5 @@ mod tests {
         assert!(svg.contains("epoll"));
         let empty = lines("nothing", "x", "y", false, &[]);
         assert!(empty.contains("no data"));
-    }
-
-    #[test]
-    fn human_numbers() {
-        assert_eq!(human(1_234_567.0), "1.2M");
-        assert_eq!(human(45_000.0), "45k");
-        assert_eq!(human(1500.0), "1.5k");
-        assert_eq!(human(0.25), "0.25");
     }
 }

@@ -1,20 +1,24 @@
 //! The talk's questions as experiments. Each function measures, repeats, and pushes
-//! [`Point`]s; `report.rs` turns them into tables, charts and answers.
+//! [`Point`]s; the views turn them into tables, charts and answers.
 //!
 //! 1. `cpu`: `concur fib` in its five modes, and the same list in CPython.
 //! 2. `echo`: every model x connections with 64-byte requests, and 4 KiB at 100.
 //! 3. `scaling`: `concur hold` at growing connection counts until a model fails.
 //! 4. `fibload`: a fib server with one client asking a heavy fib in a loop.
 //!
-//! Python's versions of the talk's servers (`peers/python/`) run beside the Rust
-//! models wherever python3 is found.
+//! Every server is a [`ServerDecl`] (concur's models, the Python peers wherever
+//! python3 is found, the user's own), started by `runner::Server` on a free port. A
+//! server that answers wrongly fails verification and is not measured further; one
+//! that answers nothing or dies is reported with why, and the others go on.
 
-use super::runner::{self, Server};
+use super::results::{self, FibRun, SAME_N_CASE};
+use super::runner::{self, Launch, Server};
+use super::servers::{Ladder, ServerDecl, fill};
 use super::stats::Point;
 use super::{Lab, Plan};
-use crate::models::{Ceiling, ModelInfo};
-use anyhow::{Context, Result};
-use serde_json::Value;
+use crate::hold::HoldReport;
+use crate::load::report::LoadReport;
+use anyhow::{Result, anyhow};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -25,100 +29,65 @@ pub fn rust_models() -> Vec<&'static str> {
     crate::models::REGISTRY.iter().map(|m| m.name).collect()
 }
 
-/// Whether `name` is a concur model with a fact (false for the Python peers).
-fn model_has(name: &str, fact: impl Fn(&ModelInfo) -> bool) -> bool {
-    crate::models::by_name(name).is_some_and(fact)
-}
+/// The talk's servers in Python, as the lab declares them (tests/conformance.rs reads it).
+pub use super::servers::PYTHON_SERVERS;
 
-/// Whether `name` is an event-loop model: fib is inline there unless `--offload`.
-pub fn is_event_loop(name: &str) -> bool {
-    model_has(name, |m| m.event_loop)
-}
+/// `concur serve`'s own default `--max-conns`, given to the models in the echo experiment.
+const SERVE_MAX_CONNS: u32 = 10_000;
 
-/// The talk's servers in Python: (name, file under peers/python/).
-pub const PYTHON_SERVERS: [(&str, &str); 5] = [
-    ("python-blocking", "blocking.py"),
-    ("python-threads", "threads.py"),
-    ("python-processes", "processes.py"),
-    ("python-selectors", "selectors_loop.py"),
-    ("python-asyncio", "asyncio_server.py"),
-];
-
-/// A server the lab can start: a concur model or a Python peer.
-#[derive(Debug, Clone)]
-pub struct ServerSpec {
-    pub name: String,
-    python_file: Option<&'static str>,
-}
-
-impl ServerSpec {
-    pub fn rust(model: &str) -> Self {
-        ServerSpec {
-            name: model.to_string(),
-            python_file: None,
-        }
-    }
-
-    pub fn is_python(&self) -> bool {
-        self.python_file.is_some()
-    }
-
-    /// The command that starts it on a free loopback port.
-    fn command(&self, lab: &Lab, service: &str, extra: &[String]) -> Command {
-        let mut cmd = match (self.python_file, &lab.python) {
-            (Some(file), Some(python)) => {
-                let mut c = Command::new(python);
-                c.arg(lab.peers_dir.join(file));
-                c
-            }
-            _ => {
-                let mut c = Command::new(&lab.exe);
-                c.args(["serve", "--model", &self.name]);
-                c
-            }
-        };
-        cmd.args(["--service", service, "--addr", "127.0.0.1:0"])
-            .args(extra);
-        cmd
-    }
-
-    fn start(&self, lab: &Lab, service: &str, extra: &[String], tag: &str) -> Result<Server> {
-        let log = lab
-            .logs
-            .join(format!("{}-{}-{tag}.log", self.name, service));
-        let core = lab.pins.map(|(server, _)| server);
-        Server::start(&self.name, self.command(lab, service, extra), core, &log)
-    }
-}
-
-/// The servers an experiment runs: the chosen models, then the Python peers.
-pub fn servers(plan: &Plan, python: bool, filter: impl Fn(&str) -> bool) -> Vec<ServerSpec> {
-    let mut list: Vec<ServerSpec> = plan
-        .models
+/// The echo servers of this run, in declaration order.
+fn echo_servers(lab: &Lab) -> Vec<ServerDecl> {
+    lab.servers
         .iter()
-        .filter(|m| filter(m))
-        .map(|m| ServerSpec::rust(m))
-        .collect();
-    if python {
-        list.extend(
-            PYTHON_SERVERS
-                .iter()
-                .filter(|(name, _)| filter(name))
-                .map(|(name, file)| ServerSpec {
-                    name: name.to_string(),
-                    python_file: Some(file),
-                }),
-        );
-    }
-    list
+        .filter(|d| d.echo.is_some())
+        .cloned()
+        .collect()
 }
 
-fn num(v: &Value, path: &[&str]) -> Option<f64> {
-    let mut v = v;
-    for key in path {
-        v = v.get(key)?;
+/// Start `decl` with `template` (placeholders filled but `{port}`) for one experiment.
+fn start(
+    lab: &mut Lab,
+    decl: &ServerDecl,
+    template: &str,
+    tag: &str,
+    max_conns: u32,
+    max_n: u32,
+) -> Result<Server> {
+    let log = lab.logs.join(format!("{}-{tag}.log", decl.name));
+    let command = fill(template, max_conns, max_n);
+    lab.record(experiment_of(tag), command.clone());
+    Server::start(&Launch {
+        name: &decl.name,
+        command: &command,
+        core: lab.pins.map(|(server, _)| server),
+        log: &log,
+        ready_timeout: lab.plan.ready_timeout,
+        grace: Duration::from_secs(decl.grace_secs),
+    })
+}
+
+/// The experiment a server log tag belongs to.
+fn experiment_of(tag: &str) -> &'static str {
+    if tag.starts_with("hold") {
+        "scaling"
+    } else if tag.starts_with("fib") {
+        "fibload"
+    } else {
+        "echo"
     }
-    v.as_f64()
+}
+
+/// A point for a server that failed verification earlier: not measured again.
+fn skip_unverified(lab: &mut Lab, experiment: &str, name: &str) -> bool {
+    match lab.unverified.get(name) {
+        Some(where_) => {
+            let mut p = Point::new(experiment, name, "start");
+            p.error = Some(format!("not measured: it failed verification in {where_}"));
+            lab.points.push(p);
+            true
+        }
+        None => false,
+    }
 }
 
 fn secs(d: Duration) -> String {
@@ -134,6 +103,7 @@ pub fn cpu(lab: &mut Lab) -> Result<()> {
     let mut runs: BTreeMap<String, Vec<BTreeMap<String, f64>>> = BTreeMap::new();
     let mut py_runs: BTreeMap<String, Vec<BTreeMap<String, f64>>> = BTreeMap::new();
     let mut py_error = None;
+    let mut same_n = Vec::new();
     for _ in 0..lab.plan.repeat {
         if runner::interrupted() {
             break;
@@ -141,18 +111,37 @@ pub fn cpu(lab: &mut Lab) -> Result<()> {
         lab.step("cpu: concur fib, five modes");
         let mut cmd = Command::new(&lab.exe);
         cmd.args(["fib", "--n", &rust_list, "--json"]);
-        let report = runner::run_json(cmd, None, Duration::from_secs(600), |_| {})?;
+        lab.record("cpu", runner::command_line(&cmd));
+        let report: FibRun = runner::run_json(cmd, None, Duration::from_secs(600), |_| {})?;
         collect_fib_rows(&report, &mut runs);
         if let Some(python) = lab.python.clone() {
             lab.step("cpu: the same in CPython");
             let mut cmd = Command::new(python);
             cmd.arg(lab.peers_dir.join("fib_cpu.py"))
                 .arg(list(&lab.plan.fib_python_n));
+            lab.record("cpu", runner::command_line(&cmd));
             match runner::run_json(cmd, None, Duration::from_secs(600), |_| {}) {
                 Ok(report) => collect_fib_rows(&report, &mut py_runs),
                 Err(e) => py_error = Some(format!("{e:#}")),
             }
+            // Per call on the same n: Rust runs CPython's list sequentially too.
+            lab.step("cpu: CPython's list in Rust, sequentially");
+            let mut cmd = Command::new(&lab.exe);
+            cmd.args(["fib", "--n", &list(&lab.plan.fib_python_n)])
+                .args(["--mode", "sequential", "--json"]);
+            lab.record("cpu", runner::command_line(&cmd));
+            let report: FibRun = runner::run_json(cmd, None, Duration::from_secs(600), |_| {})?;
+            for row in &report.rows {
+                same_n.push(row.metrics());
+            }
         }
+    }
+    if !same_n.is_empty() {
+        let mut p = Point::new("cpu", "rust", SAME_N_CASE);
+        p.params
+            .insert("n".into(), serde_json::json!(lab.plan.fib_python_n));
+        p.set_runs(&same_n);
+        lab.points.push(p);
     }
     for (server, ns, runs) in [
         ("rust", &lab.plan.fib_rust_n, runs),
@@ -173,22 +162,11 @@ pub fn cpu(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
-fn collect_fib_rows(report: &Value, into: &mut BTreeMap<String, Vec<BTreeMap<String, f64>>>) {
-    for row in report["rows"].as_array().into_iter().flatten() {
-        let Some(mode) = row["mode"].as_str() else {
-            continue;
-        };
-        let mut m = BTreeMap::new();
-        for key in ["wall_secs", "cpu_secs", "speedup"] {
-            if let Some(x) = row[key].as_f64() {
-                m.insert(key.to_string(), x);
-            }
-        }
-        m.insert(
-            "verified".into(),
-            if row["verified"] == true { 1.0 } else { 0.0 },
-        );
-        into.entry(mode.to_string()).or_default().push(m);
+fn collect_fib_rows(report: &FibRun, into: &mut BTreeMap<String, Vec<BTreeMap<String, f64>>>) {
+    for row in &report.rows {
+        into.entry(row.mode.clone())
+            .or_default()
+            .push(row.metrics());
     }
 }
 
@@ -198,22 +176,29 @@ fn collect_fib_rows(report: &Value, into: &mut BTreeMap<String, Vec<BTreeMap<Str
 pub fn echo(lab: &mut Lab) -> Result<()> {
     let mut cases: Vec<(u32, u32)> = lab.plan.echo_conns.iter().map(|&c| (c, 64)).collect();
     cases.push((lab.plan.big_conns, 4096));
-    for spec in servers(&lab.plan, lab.python.is_some(), |_| true) {
+    for decl in echo_servers(lab) {
         if runner::interrupted() {
             return Ok(());
         }
-        lab.step(&format!("echo: starting {}", spec.name));
-        let server = match spec.start(lab, "echo", &[], "echo") {
+        let steps = cases.len() * lab.plan.repeat;
+        if skip_unverified(lab, "echo", &decl.name) {
+            lab.skip_steps(1 + steps);
+            continue;
+        }
+        lab.step(&format!("echo: starting {}", decl.name));
+        let template = decl.echo.clone().unwrap_or_default();
+        let mut server = match start(lab, &decl, &template, "echo", SERVE_MAX_CONNS, 0) {
             Ok(s) => s,
             Err(e) => {
-                lab.unavailable("echo", &spec.name, &e);
-                lab.skip_steps(cases.len() * lab.plan.repeat);
+                lab.unavailable("echo", &decl.name, &e);
+                lab.skip_steps(steps);
                 continue;
             }
         };
+        let mut done = 0;
         for &(conns, size) in &cases {
             let case = format!("conns={conns} size={size}");
-            let mut p = Point::new("echo", &spec.name, &case);
+            let mut p = Point::new("echo", &decl.name, &case);
             p.params.insert("conns".into(), conns.into());
             p.params.insert("size".into(), size.into());
             p.params.insert(
@@ -225,40 +210,92 @@ pub fn echo(lab: &mut Lab) -> Result<()> {
                 conns.to_string(),
                 "--size".into(),
                 size.to_string(),
+                "--prefix".into(),
+                decl.prefix.clone(),
             ];
-            repeat_load(lab, &server, "echo", &args, p);
+            let verdict = repeat_load(lab, &mut server, "echo", &args, p);
+            done += lab.plan.repeat;
+            if verdict == Verdict::GiveUp {
+                lab.skip_steps(steps - done);
+                break;
+            }
         }
-        lab.stop(server, "echo");
+        lab.stop(server, &decl, "echo");
     }
     Ok(())
 }
 
+/// What a point's runs say about the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Measured (perhaps with errors): go on to the next case.
+    Measured,
+    /// Wrong answers, no answer at all, or gone: its remaining cases are not run.
+    GiveUp,
+}
+
 /// Run one point `plan.repeat` times and record it (medians, spread, or why it failed).
-fn repeat_load(lab: &mut Lab, server: &Server, service: &str, args: &[String], mut p: Point) {
+fn repeat_load(
+    lab: &mut Lab,
+    server: &mut Server,
+    service: &str,
+    args: &[String],
+    mut p: Point,
+) -> Verdict {
     let mut runs = Vec::new();
-    for _ in 0..lab.plan.repeat {
+    let mut verdict = Verdict::Measured;
+    for i in 0..lab.plan.repeat {
         if runner::interrupted() {
             break;
         }
         lab.step(&format!("{}: {} {}", p.experiment, p.server, p.case));
         match load_run(lab, server, service, args) {
             Ok(m) => runs.push(m),
-            Err(e) => p.error = Some(format!("{e:#}")),
+            Err(e) => {
+                p.error = Some(format!("{e:#}"));
+                if let Some(Stop::Unverified(why)) = e.downcast_ref::<Stop>() {
+                    // A wrong answer is not a fast one: nothing of this point is shown.
+                    lab.unverified
+                        .insert(p.server.clone(), format!("{} ({})", p.experiment, p.case));
+                    p.error = Some(why.clone());
+                    runs.clear();
+                }
+                if e.downcast_ref::<Stop>().is_some() {
+                    lab.skip_steps(lab.plan.repeat - i - 1);
+                    verdict = Verdict::GiveUp;
+                    break;
+                }
+            }
         }
     }
     p.set_runs(&runs);
     lab.points.push(p);
+    verdict
+}
+
+/// Why a server's remaining cases are not run.
+#[derive(Debug, thiserror::Error)]
+enum Stop {
+    /// It answered wrongly (one line: where the first wrong byte was).
+    #[error("{0}")]
+    Unverified(String),
+    /// It answered nothing, or is gone.
+    #[error("{0}")]
+    Silent(String),
 }
 
 /// One `concur load` run against `server`, with the server sampled around it.
 fn load_run(
-    lab: &Lab,
-    server: &Server,
+    lab: &mut Lab,
+    server: &mut Server,
     service: &str,
     extra: &[String],
 ) -> Result<BTreeMap<String, f64>> {
-    let pid = server.pid();
-    let before = crate::sys::tree_stat(pid).context("the server died")?;
+    let Some(before) = server.sample(false) else {
+        return Err(
+            Stop::Silent(server.gone().unwrap_or_else(|| "the server is gone".into())).into(),
+        );
+    };
     let mut cmd = Command::new(&lab.exe);
     cmd.args([
         "load",
@@ -275,52 +312,41 @@ fn load_run(
         &secs(lab.plan.timeout),
     ])
     .args(extra);
+    let experiment = if service == "fib" { "fibload" } else { "echo" };
+    lab.record(
+        experiment,
+        runner::command_line(&cmd).replace(&server.addr, "127.0.0.1:{port}"),
+    );
     let mut peak = before;
     let half = lab.plan.duration / 2;
     let mut sampled = false;
     let limit = lab.plan.duration + lab.plan.timeout + Duration::from_secs(20);
-    let report = runner::run_json(cmd, lab.pins.map(|(_, c)| c), limit, |t| {
+    let report: LoadReport = runner::run_json(cmd, lab.pins.map(|(_, c)| c), limit, |t| {
         if !sampled && t >= half {
-            if let Some(s) = crate::sys::tree_stat(pid) {
+            if let Some(s) = server.sample(true) {
                 peak = s;
             }
             sampled = true;
         }
     })?;
-    let after = crate::sys::tree_stat(pid).context("the server died during the run")?;
-    let mut m = BTreeMap::new();
-    let ok = num(&report, &["requests_ok"]).unwrap_or(0.0);
-    let errors = num(&report, &["errors_total"]).unwrap_or(0.0);
-    m.insert("requests_ok".into(), ok);
-    m.insert("errors".into(), errors);
-    // The client's own tallies, kept so the numbers can be checked against each other:
-    // errors by kind add up to the total, req/s x elapsed gives the count, and the
-    // bytes received cover every verified reply.
-    let kinds: f64 = report["errors"]
-        .as_object()
-        .map_or(0.0, |o| o.values().filter_map(Value::as_f64).sum());
-    m.insert("errors_by_kind".into(), kinds);
-    for (name, key) in [
-        ("elapsed_secs", "elapsed_secs"),
-        ("bytes_received", "bytes_received"),
-    ] {
-        if let Some(x) = num(&report, &[key]) {
-            m.insert(name.into(), x);
-        }
+    let Some(after) = server.sample(false) else {
+        let why = server.gone().unwrap_or_else(|| "the server is gone".into());
+        return Err(Stop::Silent(why).into());
+    };
+    if let Some(why) = results::verification_failure(&report) {
+        return Err(Stop::Unverified(why).into());
     }
-    for (name, path) in [
-        ("req_per_s", &["req_per_s"][..]),
-        ("mb_per_s", &["mb_per_s"]),
-        ("p50_us", &["latency_us", "p50"]),
-        ("p99_us", &["latency_us", "p99"]),
-        ("p999_us", &["latency_us", "p999"]),
-        ("heavy_ok", &["heavy", "requests_ok"]),
-        ("heavy_p99_us", &["heavy", "latency_us", "p99"]),
-    ] {
-        if let Some(x) = num(&report, path) {
-            m.insert(name.into(), x);
-        }
+    if report.requests_ok == 0 && report.errors_total > 0 {
+        return Err(Stop::Silent(format!(
+            "no reply verified: {} of {} connections failed ({})",
+            report.errors_total,
+            report.conns,
+            error_kinds(&report.errors)
+        ))
+        .into());
     }
+    let mut m = results::load_metrics(&report);
+    let ok = report.requests_ok as f64;
     let cpu = after.cpu.since(&before.cpu).total().as_secs_f64();
     m.insert("server_cpu_secs".into(), cpu);
     if ok > 0.0 {
@@ -331,39 +357,55 @@ fn load_run(
         m.insert("ctx_switches_per_req".into(), switches / ok);
     }
     m.insert("server_rss_mb".into(), peak.rss_bytes as f64 / 1048576.0);
+    if let Some(pss) = peak.pss_bytes {
+        m.insert("server_pss_mb".into(), pss as f64 / 1048576.0);
+    }
     m.insert("server_threads".into(), peak.threads as f64);
-    m.insert("server_children".into(), peak.children as f64);
+    m.insert("server_children".into(), peak.descendants as f64);
     Ok(m)
+}
+
+/// "3 timed out, 1 refused": the kinds a load run's failures were.
+fn error_kinds(e: &crate::load::report::ErrorCounts) -> String {
+    let kinds: Vec<String> = [
+        ("refused", e.refused),
+        ("timed out", e.timeout),
+        ("answered wrongly", e.mismatch),
+        ("closed early", e.closed_early),
+        ("could not connect", e.connect),
+        ("socket error", e.io),
+    ]
+    .iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(what, n)| format!("{n} {what}"))
+    .collect();
+    kinds.join(", ")
 }
 
 // ---------------------------------------------------------------- 3. scaling
 
-/// The rungs a server climbs: one-at-a-time servers only the first; servers that
-/// fork, or serve a fixed pool's worth of clients at once, stop at 10k (50k forked
-/// processes would not fit in this machine's memory, and a pool fails well before).
-fn rungs(plan: &Plan, server: &str) -> Vec<u32> {
-    let small_only = model_has(server, ModelInfo::one_at_a_time) || server == "python-blocking";
-    let no_top = model_has(server, |m| m.forks || m.ceiling == Ceiling::Workers)
-        || ["python-processes", "python-threads"].contains(&server);
+/// The rungs a server climbs (see [`Ladder`]).
+fn rungs(plan: &Plan, ladder: Ladder) -> Vec<u32> {
     plan.hold_conns
         .iter()
         .copied()
-        .filter(|&n| {
-            if small_only {
-                n <= plan.hold_conns[0]
-            } else if no_top {
-                n <= 10_000
-            } else {
-                true
-            }
+        .filter(|&n| match ladder {
+            Ladder::First => n <= plan.hold_conns[0],
+            Ladder::UpTo10k => n <= 10_000,
+            Ladder::All => true,
         })
         .collect()
 }
 
 /// `concur hold` at each rung, on a fresh server, until the first failure.
 pub fn scaling(lab: &mut Lab) -> Result<()> {
-    for spec in servers(&lab.plan, lab.python.is_some(), |_| true) {
-        let ladder = rungs(&lab.plan, &spec.name);
+    for decl in echo_servers(lab) {
+        let ladder = rungs(&lab.plan, decl.ladder);
+        if skip_unverified(lab, "scaling", &decl.name) {
+            lab.skip_steps(ladder.len());
+            continue;
+        }
+        let template = decl.echo.clone().unwrap_or_default();
         let mut failed = false;
         for (i, &n) in ladder.iter().enumerate() {
             if runner::interrupted() {
@@ -373,30 +415,26 @@ pub fn scaling(lab: &mut Lab) -> Result<()> {
                 lab.skip_steps(1);
                 continue;
             }
-            lab.step(&format!("scaling: {} holding {n} connections", spec.name));
-            let extra: Vec<String> = if spec.is_python() {
-                vec![]
-            } else {
-                vec!["--max-conns".into(), (n + 1000).to_string()]
-            };
-            let server = match spec.start(lab, "echo", &extra, &format!("hold{n}")) {
+            lab.step(&format!("scaling: {} holding {n} connections", decl.name));
+            let mut server = match start(lab, &decl, &template, &format!("hold{n}"), n + 1000, 0) {
                 Ok(s) => s,
                 Err(e) => {
-                    lab.unavailable("scaling", &spec.name, &e);
+                    lab.unavailable("scaling", &decl.name, &e);
                     lab.skip_steps(ladder.len() - i - 1);
                     break;
                 }
             };
-            let mut p = Point::new("scaling", &spec.name, &format!("conns={n}"));
+            let mut p = Point::new("scaling", &decl.name, &format!("conns={n}"));
             p.params.insert("conns".into(), n.into());
-            match hold_run(lab, &server, n) {
-                Ok((m, complete, why)) => {
+            match hold_run(lab, &mut server, n, &decl.prefix) {
+                Ok((m, shortfall)) => {
                     p.set_runs(&[m]);
-                    if !complete {
-                        let log = runner::last_line(&server.log)
-                            .map(|l| format!("; server said: {l}"))
+                    if let Some(why) = shortfall {
+                        let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+                        let said = results::server_reason(&log)
+                            .map(|l| format!("; the server: {l}"))
                             .unwrap_or_default();
-                        p.error = Some(format!("{why}{log}"));
+                        p.error = Some(format!("{why}{said}"));
                         failed = true;
                     }
                 }
@@ -406,16 +444,26 @@ pub fn scaling(lab: &mut Lab) -> Result<()> {
                 }
             }
             lab.points.push(p);
-            lab.stop(server, "scaling");
+            lab.stop(server, &decl, "scaling");
         }
     }
     Ok(())
 }
 
-/// One hold; returns the metrics, whether every connection opened and answered, and why not.
-fn hold_run(lab: &Lab, server: &Server, n: u32) -> Result<(BTreeMap<String, f64>, bool, String)> {
+/// One hold; returns the metrics and, when not every connection opened, answered and
+/// stayed open, why not.
+fn hold_run(
+    lab: &mut Lab,
+    server: &mut Server,
+    n: u32,
+    prefix: &str,
+) -> Result<(BTreeMap<String, f64>, Option<String>)> {
+    let Some(before) = server.sample(true) else {
+        return Err(anyhow!(
+            server.gone().unwrap_or_else(|| "the server is gone".into())
+        ));
+    };
     let pid = server.pid();
-    let before = crate::sys::tree_stat(pid).context("the server died")?;
     let mut cmd = Command::new(&lab.exe);
     cmd.args([
         "hold",
@@ -424,6 +472,8 @@ fn hold_run(lab: &Lab, server: &Server, n: u32) -> Result<(BTreeMap<String, f64>
         "--service",
         "echo",
         "--json",
+        "--prefix",
+        prefix,
     ])
     .args([
         "--conns",
@@ -432,135 +482,169 @@ fn hold_run(lab: &Lab, server: &Server, n: u32) -> Result<(BTreeMap<String, f64>
         &secs(lab.plan.hold_duration),
     ])
     .args(["--server-pid", &pid.to_string()]);
+    lab.record(
+        "scaling",
+        runner::command_line(&cmd)
+            .replace(&server.addr, "127.0.0.1:{port}")
+            .replace(&format!("--server-pid {pid}"), "--server-pid {pid}"),
+    );
     let mut peak = before;
     let mut next_sample = Duration::ZERO;
     let limit = lab.plan.hold_duration + Duration::from_secs(120);
-    let report = runner::run_json(cmd, lab.pins.map(|(_, c)| c), limit, |t| {
+    let report: HoldReport = runner::run_json(cmd, lab.pins.map(|(_, c)| c), limit, |t| {
         if t >= next_sample {
-            if let Some(s) = crate::sys::tree_stat(pid) {
-                if s.rss_bytes > peak.rss_bytes {
-                    peak.rss_bytes = s.rss_bytes;
-                }
+            // Every 100 ms, or twice as long as a reading takes (a reading of ten
+            // thousand forked children is not free, and shares the machine).
+            let took = std::time::Instant::now();
+            if let Some(s) = server.sample(true) {
+                peak.rss_bytes = peak.rss_bytes.max(s.rss_bytes);
+                peak.pss_bytes = match (peak.pss_bytes, s.pss_bytes) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
                 peak.threads = peak.threads.max(s.threads);
-                peak.children = peak.children.max(s.children);
+                peak.descendants = peak.descendants.max(s.descendants);
             }
-            next_sample = t + Duration::from_millis(500);
+            next_sample = t + Duration::from_millis(100).max(took.elapsed() * 2);
         }
     })?;
-    let opened = num(&report, &["opened"]).unwrap_or(0.0);
-    let answered = num(&report, &["answered_ok"]).unwrap_or(0.0);
-    let failed = num(&report, &["failed"]).unwrap_or(0.0);
-    let mut m = BTreeMap::from([
-        ("opened".to_string(), opened),
-        ("answered_ok".to_string(), answered),
-        ("failed".to_string(), failed),
-        (
-            "server_rss_mb".to_string(),
-            peak.rss_bytes as f64 / 1048576.0,
-        ),
-        ("server_threads".to_string(), peak.threads as f64),
-        ("server_children".to_string(), peak.children as f64),
-    ]);
-    for (name, path) in [
-        ("open_secs", &["open_secs"][..]),
-        ("rtt_p50_us", &["rtt_us", "p50"]),
-        ("rtt_p99_us", &["rtt_us", "p99"]),
-    ] {
-        if let Some(x) = num(&report, path) {
-            m.insert(name.into(), x);
+    let mut m = results::hold_metrics(&report);
+    m.insert(
+        "server_rss_mb".to_string(),
+        peak.rss_bytes as f64 / 1048576.0,
+    );
+    m.insert("server_threads".to_string(), peak.threads as f64);
+    m.insert("server_children".to_string(), peak.descendants as f64);
+    if report.opened > 0 {
+        let per_conn = |grown: u64| grown as f64 / 1024.0 / report.opened as f64;
+        m.insert(
+            "rss_kb_per_conn".into(),
+            per_conn(peak.rss_bytes.saturating_sub(before.rss_bytes)),
+        );
+        if let (Some(after), Some(start)) = (peak.pss_bytes, before.pss_bytes) {
+            m.insert("server_pss_mb".to_string(), after as f64 / 1048576.0);
+            m.insert(
+                "pss_kb_per_conn".into(),
+                per_conn(after.saturating_sub(start)),
+            );
         }
     }
-    if opened > 0.0 {
-        let grown = peak.rss_bytes.saturating_sub(before.rss_bytes) as f64;
-        m.insert("rss_kb_per_conn".into(), grown / 1024.0 / opened);
-    }
-    let complete = opened as u32 == n && answered as u32 == n;
-    let why = if complete {
-        String::new()
-    } else {
-        let detail = report
-            .get("errors")
-            .filter(|e| !e.is_null())
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default();
-        format!("opened {opened} and answered {answered} of {n}{detail}")
-    };
-    Ok((m, complete, why))
+    Ok((m, results::hold_shortfall(&report)))
 }
 
 // ---------------------------------------------------------------- 4. fibload
 
+/// One fibload configuration: a server and the command it runs under.
+struct FibConfig {
+    decl: ServerDecl,
+    /// `inline` (the talk's fib server) or `offload` (`--offload`).
+    label: &'static str,
+    template: String,
+}
+
 /// A fib server with fib(1) clients, without and with one client asking fib(K) in a loop.
 pub fn fibload(lab: &mut Lab) -> Result<()> {
-    let configs = fibload_configs(&lab.plan, lab.python.is_some());
-    for (spec, offload) in configs {
+    for FibConfig {
+        decl,
+        label,
+        template,
+    } in fibload_configs(&lab.servers)
+    {
         if runner::interrupted() {
             return Ok(());
         }
-        let heavy = if spec.is_python() {
-            lab.plan.heavy_python
-        } else {
-            lab.plan.heavy
-        };
-        let mut extra = vec!["--max-n".to_string(), heavy.to_string()];
-        if offload {
-            extra.push("--offload".into());
+        let steps = 2 * lab.plan.repeat;
+        if skip_unverified(lab, "fibload", &decl.name) {
+            lab.skip_steps(1 + steps);
+            continue;
         }
-        let label = if offload { "offload" } else { "inline" };
-        lab.step(&format!("fibload: starting {} ({label})", spec.name));
-        let server = match spec.start(lab, "fib", &extra, label) {
+        let heavy = decl.heavy_n;
+        lab.step(&format!("fibload: starting {} ({label})", decl.name));
+        let mut server = match start(
+            lab,
+            &decl,
+            &template,
+            &format!("fib-{label}"),
+            SERVE_MAX_CONNS,
+            heavy,
+        ) {
             Ok(s) => s,
             Err(e) => {
-                let mut p = Point::new("fibload", &spec.name, &format!("{label} unloaded"));
+                let mut p = Point::new("fibload", &decl.name, &format!("{label} unloaded"));
                 p.error = Some(format!("not available: {e:#}"));
                 lab.points.push(p);
-                lab.skip_steps(2 * lab.plan.repeat);
+                lab.skip_steps(steps);
                 continue;
             }
         };
         for loaded in [false, true] {
             let case = format!("{label} {}", if loaded { "loaded" } else { "unloaded" });
-            let mut p = Point::new("fibload", &spec.name, &case);
-            p.params.insert("offload".into(), offload.into());
+            let mut p = Point::new("fibload", &decl.name, &case);
+            p.params
+                .insert("offload".into(), (label == "offload").into());
             p.params.insert("heavy_n".into(), heavy.into());
             let mut args = vec!["--n".to_string(), "1".into(), "--conns".into(), "4".into()];
             if loaded {
                 args = vec!["--n".into(), "1".into(), "--conns".into(), "5".into()];
                 args.extend(["--mix".to_string(), format!("heavy={heavy}")]);
             }
-            repeat_load(lab, &server, "fib", &args, p);
+            if repeat_load(lab, &mut server, "fib", &args, p) == Verdict::GiveUp {
+                if !loaded {
+                    lab.skip_steps(lab.plan.repeat);
+                }
+                break;
+            }
         }
-        lab.stop(server, "fibload");
+        lab.stop(server, &decl, "fibload");
     }
     Ok(())
 }
 
-/// The fibload servers: every event loop inline and with `--offload`, and the
-/// thread-per-client servers (Rust and Python) and Python's asyncio for comparison.
-fn fibload_configs(plan: &Plan, python: bool) -> Vec<(ServerSpec, bool)> {
-    let chosen = |s: &str| {
-        model_has(s, |m| m.event_loop || m.ceiling == Ceiling::Threads)
-            || ["python-asyncio", "python-threads"].contains(&s)
-    };
+/// The fibload servers: every event loop inline and with `--offload`, the
+/// thread-per-client servers (Rust and Python), Python's asyncio, and every user fib
+/// server, each as declared.
+fn fibload_configs(servers: &[ServerDecl]) -> Vec<FibConfig> {
     let mut configs = Vec::new();
-    for spec in servers(plan, python, chosen) {
-        if is_event_loop(&spec.name) {
-            configs.push((spec.clone(), true));
+    for decl in servers {
+        if let Some(t) = &decl.fib {
+            configs.push(FibConfig {
+                decl: decl.clone(),
+                label: "inline",
+                template: t.clone(),
+            });
         }
-        configs.push((spec, false));
+        if let Some(t) = &decl.fib_offload {
+            configs.push(FibConfig {
+                decl: decl.clone(),
+                label: "offload",
+                template: t.clone(),
+            });
+        }
     }
-    configs.sort_by_key(|(s, offload)| (s.is_python(), s.name.clone(), *offload));
+    configs.sort_by_key(|c| (c.decl.family, c.decl.name.clone(), c.label));
     configs
 }
 
 /// How many progress steps the plan takes (for the progress bar).
-pub fn planned_steps(plan: &Plan, python: bool) -> usize {
-    let all = servers(plan, python, |_| true);
-    let cpu = plan.repeat * if python { 2 } else { 1 };
-    let echo_cases = plan.echo_conns.len() + 1;
-    let echo: usize = all.len() * (1 + echo_cases * plan.repeat);
-    let scaling: usize = all.iter().map(|s| rungs(plan, &s.name).len()).sum();
-    let fib_configs = fibload_configs(plan, python).len();
-    let fibload = fib_configs * (1 + 2 * plan.repeat);
-    cpu + echo + scaling + fibload
+pub fn planned_steps(plan: &Plan, servers: &[ServerDecl], python: bool) -> usize {
+    let echo_list: Vec<&ServerDecl> = servers.iter().filter(|d| d.echo.is_some()).collect();
+    let has = |e: &str| plan.experiments.iter().any(|x| x == e);
+    let mut total = 0;
+    if has("cpu") {
+        total += plan.repeat * if python { 3 } else { 1 };
+    }
+    if has("echo") {
+        let echo_cases = plan.echo_conns.len() + 1;
+        total += echo_list.len() * (1 + echo_cases * plan.repeat);
+    }
+    if has("scaling") {
+        total += echo_list
+            .iter()
+            .map(|d| rungs(plan, d.ladder).len())
+            .sum::<usize>();
+    }
+    if has("fibload") {
+        total += fibload_configs(servers).len() * (1 + 2 * plan.repeat);
+    }
+    total
 }

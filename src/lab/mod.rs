@@ -9,15 +9,20 @@
 //! and still writes what was measured; every server it started is gone when it exits.
 
 pub mod chart;
+pub mod config;
 pub mod experiments;
-pub mod report;
+pub mod fmt;
+pub mod progress;
+pub mod render;
+pub mod results;
 pub mod runner;
+pub mod servers;
 pub mod stats;
+pub mod views;
 
 use crate::error::bad_input;
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use report::{Machine, Results};
+use results::{Machine, Results};
 use stats::Point;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,9 +43,9 @@ pub struct LabArgs {
     /// Repeats per point; the median is shown [default: 3, or 1 with --quick]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub repeat: Option<u32>,
-    /// The largest connection count the scaling experiment tries
-    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
-    pub conns_max: u32,
+    /// The largest connection count the scaling experiment tries [default: 50000]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
+    pub conns_max: Option<u32>,
     /// Comma-separated models to run [default: every model concur serve has]
     #[arg(long, value_delimiter = ',')]
     pub models: Option<Vec<String>>,
@@ -53,6 +58,29 @@ pub struct LabArgs {
     /// Print what changed from OLD (a results.json) to the run in --out, point by point, and exit
     #[arg(long, value_name = "OLD")]
     pub compare: Option<PathBuf>,
+    /// Your own echo server, measured beside the models: COMMAND runs through sh with
+    /// {port} replaced by the port it must listen on (127.0.0.1); repeatable
+    #[arg(long = "server", value_name = "NAME=COMMAND")]
+    pub servers: Vec<String>,
+    /// The echo prefix your server NAME puts before each chunk it read ('NAME=' for
+    /// plain echo) [default: "Received: ", the talk's]; repeatable
+    #[arg(long = "server-prefix", value_name = "NAME=PREFIX")]
+    pub server_prefixes: Vec<String>,
+    /// Your own fib server (the fib protocol, one `n` per line), joins the fibload
+    /// experiment; {port} as for --server; repeatable
+    #[arg(long = "fib-server", value_name = "NAME=COMMAND")]
+    pub fib_servers: Vec<String>,
+    /// Only the servers given with --server, --fib-server or --config: skip concur's
+    /// models and the Python peers
+    #[arg(long)]
+    pub servers_only: bool,
+    /// A lab file (TOML) with servers, experiments and parameters; options given on
+    /// the command line win
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// How long a server may take to accept a connection after it starts [default: 15s]
+    #[arg(long, value_parser = crate::load::parse_duration)]
+    pub ready_timeout: Option<Duration>,
 }
 
 /// What a run measures, resolved from the options.
@@ -75,36 +103,80 @@ pub struct Plan {
     pub fib_python_n: Vec<u32>,
     pub heavy: u32,
     pub heavy_python: u32,
+    /// concur's models and the Python peers skipped.
+    pub servers_only: bool,
+    pub no_python: bool,
+    #[serde(serialize_with = "as_millis")]
+    pub ready_timeout: Duration,
+    /// The user's servers, as given.
+    pub user_servers: Vec<servers::UserServer>,
 }
 
 impl Plan {
     /// Resolve the options; `fd_limit` (descriptors per process) caps the scaling ladder,
     /// since a server holding N connections needs N descriptors.
-    pub fn from_args(args: &LabArgs, fd_limit: u64) -> Result<Plan> {
-        let models = chosen(&args.models, &experiments::rust_models(), "model")?;
-        let experiments = chosen(&args.experiments, &report::EXPERIMENTS, "experiment")?;
-        let quick = args.quick;
+    pub fn from_args(args: &LabArgs, file: &config::LabFile, fd_limit: u64) -> Result<Plan> {
+        let servers_only = args.servers_only || file.servers_only.unwrap_or(false);
+        let models = if servers_only {
+            Vec::new()
+        } else {
+            chosen(
+                args.models.as_ref().or(file.models.as_ref()),
+                &experiments::rust_models(),
+                "model",
+            )?
+        };
+        let experiments = chosen(
+            args.experiments.as_ref().or(file.experiments.as_ref()),
+            &results::EXPERIMENTS,
+            "experiment",
+        )?;
+        let quick = args.quick || file.quick.unwrap_or(false);
+        let conns_max = match (args.conns_max, file.conns_max) {
+            (Some(c), _) | (None, Some(c)) => c,
+            (None, None) => 50_000,
+        };
+        if !(10..=1_000_000).contains(&conns_max) {
+            return Err(bad_input(format!(
+                "conns_max {conns_max} is not in 10..=1000000"
+            )));
+        }
+        let repeat = args.repeat.or(file.repeat);
+        if repeat.is_some_and(|r| !(1..=50).contains(&r)) {
+            return Err(bad_input("repeat must be in 1..=50"));
+        }
+        let ready_timeout = match (&args.ready_timeout, &file.ready_timeout) {
+            (Some(d), _) => *d,
+            (None, Some(text)) => crate::load::parse_duration(text)
+                .map_err(|e| bad_input(format!("ready_timeout: {e}")))?,
+            (None, None) => Duration::from_secs(15),
+        };
+        let user_servers = user_servers(args, file)?;
+        if servers_only && user_servers.is_empty() {
+            return Err(bad_input(
+                "--servers-only skips the built-in servers: give your own with --server, \
+                 --fib-server or --config",
+            ));
+        }
         let mut hold_conns: Vec<u32> = if quick {
             vec![200]
         } else {
-            vec![1000, 10_000, args.conns_max]
+            vec![1000, 10_000, conns_max]
         };
         let fits = u32::try_from(fd_limit.saturating_sub(1000) / 1000 * 1000).unwrap_or(u32::MAX);
-        let top = args.conns_max.min(fits.max(1000));
+        let top = conns_max.min(fits.max(1000));
         for n in &mut hold_conns {
             *n = (*n).min(top);
         }
-        hold_conns.retain(|&n| n <= args.conns_max);
+        hold_conns.retain(|&n| n <= conns_max);
         if hold_conns.is_empty() {
-            hold_conns.push(args.conns_max);
+            hold_conns.push(conns_max);
         }
         hold_conns.sort_unstable();
         hold_conns.dedup();
         Ok(Plan {
             quick,
-            repeat: args
-                .repeat
-                .map_or(if quick { 1 } else { 3 }, |r| r as usize),
+            repeat: repeat.map_or(if quick { 1 } else { 3 }, |r| r as usize),
             duration: Duration::from_millis(if quick { 250 } else { 1000 }),
             timeout: Duration::from_millis(if quick { 1000 } else { 2000 }),
             models,
@@ -121,12 +193,55 @@ impl Plan {
             fib_python_n: vec![if quick { 27 } else { 30 }; 4],
             heavy: if quick { 30 } else { 36 },
             heavy_python: if quick { 22 } else { 27 },
+            servers_only,
+            no_python: servers_only || args.no_python || file.no_python.unwrap_or(false),
+            ready_timeout,
+            user_servers,
         })
     }
 }
 
+/// The user's servers from the command line, then from the lab file.
+fn user_servers(args: &LabArgs, file: &config::LabFile) -> Result<Vec<servers::UserServer>> {
+    let mut list = Vec::new();
+    for text in &args.servers {
+        let (name, command) = servers::split_named("--server", text)?;
+        list.push(servers::UserServer {
+            name,
+            command: Some(command),
+            ..Default::default()
+        });
+    }
+    for text in &args.fib_servers {
+        let (name, command) = servers::split_named("--fib-server", text)?;
+        list.push(servers::UserServer {
+            name,
+            fib_command: Some(command),
+            ..Default::default()
+        });
+    }
+    list.extend(file.server.iter().cloned());
+    for text in &args.server_prefixes {
+        let Some((name, prefix)) = text.split_once('=') else {
+            return Err(bad_input(format!(
+                "--server-prefix '{text}': give NAME=PREFIX (NAME= for plain echo)"
+            )));
+        };
+        let Some(s) = list
+            .iter_mut()
+            .find(|s| s.name == name && s.command.is_some())
+        else {
+            return Err(bad_input(format!(
+                "--server-prefix {name}: no echo server named {name} (give it with --server)"
+            )));
+        };
+        s.prefix = Some(prefix.to_string());
+    }
+    Ok(list)
+}
+
 /// The names asked for, each checked against `known`; all of `known` when none were given.
-fn chosen(asked: &Option<Vec<String>>, known: &[&str], what: &str) -> Result<Vec<String>> {
+fn chosen(asked: Option<&Vec<String>>, known: &[&str], what: &str) -> Result<Vec<String>> {
     let Some(list) = asked else {
         return Ok(known.iter().map(|s| s.to_string()).collect());
     };
@@ -153,18 +268,31 @@ pub struct Lab {
     pub pins: Option<(usize, usize)>,
     pub points: Vec<Point>,
     pub notes: Vec<String>,
-    progress: ProgressBar,
+    /// Every server this run measures: the built-in entries, then the user's.
+    pub servers: Vec<servers::ServerDecl>,
+    /// Servers that answered wrongly, with where: they are not measured again.
+    pub unverified: std::collections::BTreeMap<String, String>,
+    /// Experiment id to the exact command lines it ran (servers and clients).
+    pub commands: std::collections::BTreeMap<String, Vec<String>>,
+    progress: progress::Progress,
 }
 
 impl Lab {
-    /// Advance the progress bar and name what runs now.
-    pub fn step(&self, what: &str) {
-        self.progress.set_message(what.to_string());
-        self.progress.inc(1);
+    /// Advance the progress (bar or log line) and name what runs now.
+    pub fn step(&mut self, what: &str) {
+        self.progress.step(what);
     }
 
-    pub fn skip_steps(&self, n: usize) {
-        self.progress.inc(n as u64);
+    pub fn skip_steps(&mut self, n: usize) {
+        self.progress.skip(n);
+    }
+
+    /// Remember a command line an experiment ran (each distinct one once).
+    pub fn record(&mut self, experiment: &str, line: String) {
+        let list = self.commands.entry(experiment.to_string()).or_default();
+        if !list.contains(&line) {
+            list.push(line);
+        }
     }
 
     /// Record that a server could not be started for an experiment.
@@ -174,9 +302,12 @@ impl Lab {
         self.points.push(p);
     }
 
-    /// Stop a server; one that does not exit cleanly on SIGTERM is noted in the report.
-    pub fn stop(&mut self, server: runner::Server, experiment: &str) {
-        if let Err(e) = server.stop() {
+    /// Stop a server; a built-in one that does not exit cleanly on SIGTERM is noted in
+    /// the report (a user's server owes the lab no exit status).
+    pub fn stop(&mut self, server: runner::Server, decl: &servers::ServerDecl, experiment: &str) {
+        if let Err(e) = server.stop()
+            && decl.family != servers::Family::User
+        {
             self.notes.push(format!("{experiment}: {e:#}"));
         }
     }
@@ -216,55 +347,71 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
     if let Some(old) = &args.compare {
         let old = load_results(old)?;
         let new = load_results(&args.out.join("results.json"))?;
-        print_out(&report::compare(&old, &new))?;
+        print_out(&render::compare(&old, &new))?;
         return Ok(0);
     }
     // Servers and clients inherit the raised limit: the scaling experiment needs it.
+    let file = match &args.config {
+        Some(path) => config::LabFile::read(path)?,
+        None => config::LabFile::default(),
+    };
     let fd_limit = crate::sys::raise_fd_limit().unwrap_or(1024);
-    let plan = Plan::from_args(args, fd_limit)?;
+    let plan = Plan::from_args(args, &file, fd_limit)?;
+    let python = find_python(plan.no_python);
+    let peers = peers_dir();
+    let python_ok = python.is_some() && peers.join("common.py").is_file();
+    let python_path = python.as_ref().filter(|_| python_ok).map(|p| p.0.clone());
+    let mut servers = servers::builtin(&servers::Builtins {
+        exe,
+        python: python_path.as_deref().map(|p| (p, peers.as_path())),
+        models: &plan.models,
+        heavy: plan.heavy,
+        heavy_python: plan.heavy_python,
+    });
+    // A user's server may not take a built-in's name, whether or not this run has it.
+    let builtin_names: Vec<String> = if plan.servers_only {
+        Vec::new()
+    } else {
+        experiments::rust_models()
+            .into_iter()
+            .chain(servers::PYTHON_SERVERS.iter().map(|s| s.0))
+            .map(String::from)
+            .collect()
+    };
+    servers.extend(servers::user(
+        &plan.user_servers,
+        &builtin_names,
+        plan.heavy_python,
+    )?);
     prepare_out(&args.out, args.force)?;
     std::fs::create_dir_all(args.out.join("logs"))
         .with_context(|| format!("creating {}", args.out.display()))?;
     runner::catch_interrupts();
     let out_abs = std::fs::canonicalize(&args.out).unwrap_or_else(|_| args.out.clone());
     runner::set_run_mark(&out_abs.to_string_lossy());
-    let python = find_python(args.no_python);
-    let peers = peers_dir();
-    let python_ok = python.is_some() && peers.join("common.py").is_file();
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let total = experiments::planned_steps(&plan, python_ok) as u64;
-    let progress =
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) && !crate::logging::quiet() {
-            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
-        } else {
-            ProgressBar::hidden()
-        };
-    progress.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let total = experiments::planned_steps(&plan, &servers, python_ok) as u64;
+    let progress = progress::Progress::new(total);
     let mut lab = Lab {
         exe: exe.to_path_buf(),
-        python: if python_ok {
-            python.as_ref().map(|p| p.0.clone())
-        } else {
-            None
-        },
+        python: python_path.clone(),
         peers_dir: peers,
         logs: args.out.join("logs"),
         plan: plan.clone(),
         pins: runner::pinning(),
         points: Vec::new(),
         notes: Vec::new(),
+        servers,
+        unverified: Default::default(),
+        commands: Default::default(),
         progress,
     };
     if plan
         .hold_conns
         .last()
-        .is_some_and(|&top| top < args.conns_max)
+        .is_some_and(|&top| top < args.conns_max.or(file.conns_max).unwrap_or(50_000))
         && !plan.quick
     {
         lab.notes.push(format!(
@@ -272,7 +419,7 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
              this process may not raise), so one server cannot hold more than that: the scaling \
              experiment stops at {} connections instead of --conns-max {}.",
             plan.hold_conns.last().copied().unwrap_or(0),
-            args.conns_max
+            args.conns_max.or(file.conns_max).unwrap_or(50_000)
         ));
     }
     for exp in &plan.experiments {
@@ -290,7 +437,7 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
             lab.notes.push(format!("{exp}: {e:#}"));
         }
     }
-    lab.progress.finish_and_clear();
+    lab.progress.finish();
     let mut results = Results {
         concur_version: env!("CARGO_PKG_VERSION").to_string(),
         started_unix,
@@ -301,8 +448,17 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
         points: lab.points,
         answers: Default::default(),
         notes: lab.notes,
+        commands: lab.commands,
+        servers: lab
+            .servers
+            .iter()
+            .map(|d| results::ServerInfo {
+                name: d.name.clone(),
+                family: d.family,
+            })
+            .collect(),
     };
-    let mut views = report::views(&results);
+    let mut views = views::views(&results);
     views.retain(|v| plan.experiments.iter().any(|e| e == v.id));
     results.answers = views
         .iter()
@@ -313,8 +469,8 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
         "results.json",
         &serde_json::to_string_pretty(&results)?,
     )?;
-    write(&args.out, "summary.md", &report::markdown(&results, &views))?;
-    write(&args.out, "report.html", &report::html(&results, &views))?;
+    write(&args.out, "summary.md", &render::markdown(&results, &views))?;
+    write(&args.out, "report.html", &render::html(&results, &views))?;
     let mut answers = String::new();
     for v in &views {
         answers.push_str(&format!("{}\n  {}\n\n", v.title, v.answer));
@@ -405,7 +561,7 @@ mod tests {
 
     fn plan(args: &[&str], fd_limit: u64) -> Result<Plan> {
         let cli = Cli::try_parse_from(std::iter::once("lab").chain(args.iter().copied())).unwrap();
-        Plan::from_args(&cli.lab, fd_limit)
+        Plan::from_args(&cli.lab, &config::LabFile::default(), fd_limit)
     }
 
     #[test]

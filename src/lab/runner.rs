@@ -7,7 +7,6 @@
 //! every wait polls [`interrupted`] so Ctrl-C stops the lab within a fraction of a second.
 
 use anyhow::{Context, Result, bail};
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -69,89 +68,190 @@ fn prepare(cmd: &mut Command, core: Option<usize>) {
     }
 }
 
-/// A running server: its pid, address, and its stderr log.
+/// A running server: its pid, address, and its output log.
 pub struct Server {
     child: Child,
     pub addr: String,
     pub log: PathBuf,
     pub name: String,
+    grace: Duration,
+    /// Every process seen below it, killed at the end even if it left the group.
+    seen: Vec<u32>,
+}
+
+/// How a server is started: its name, the shell command (placeholders already
+/// replaced but for `{port}`), where its output goes and how long it may take to listen.
+pub struct Launch<'a> {
+    pub name: &'a str,
+    pub command: &'a str,
+    pub core: Option<usize>,
+    pub log: &'a Path,
+    pub ready_timeout: Duration,
+    pub grace: Duration,
+}
+
+/// A free loopback port: bound to port 0, read, released.
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
 }
 
 impl Server {
-    /// Start `cmd`, which must print `listening on HOST:PORT ...` on stdout once ready.
-    pub fn start(name: &str, mut cmd: Command, core: Option<usize>, log: &Path) -> Result<Server> {
-        let log_file = std::fs::File::create(log)
-            .with_context(|| format!("creating server log {}", log.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
+    /// Run `command` through `sh -c` with `{port}` replaced by a free port, in its own
+    /// process group, pinned, output to the log; it is ready once a connection to the
+    /// port succeeds. One that exits first, or does not listen in time, is an error
+    /// carrying the end of its output, and is gone (with its group) when this returns.
+    pub fn start(launch: &Launch) -> Result<Server> {
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let command = launch.command.replace("{port}", &port.to_string());
+        let log_file = std::fs::File::create(launch.log)
+            .with_context(|| format!("creating server log {}", launch.log.display()))?;
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &command])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
             .stderr(log_file);
-        prepare(&mut cmd, core);
-        let mut child = cmd
+        prepare(&mut cmd, launch.core);
+        let child = cmd
             .spawn()
-            .with_context(|| format!("starting server {name}"))?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
+            .with_context(|| format!("starting server {}", launch.name))?;
         let mut server = Server {
             child,
-            addr: String::new(),
-            log: log.to_path_buf(),
-            name: name.into(),
+            addr: addr.clone(),
+            log: launch.log.to_path_buf(),
+            name: launch.name.into(),
+            grace: launch.grace,
+            seen: Vec::new(),
         };
-        let line = rx.recv_timeout(Duration::from_secs(15)).unwrap_or_default();
-        match line
-            .strip_prefix("listening on ")
-            .and_then(|r| r.split_whitespace().next())
-        {
-            Some(addr) => server.addr = addr.to_string(),
-            None => {
-                let _ = server.child.wait_timeout_kill(Duration::from_secs(2));
+        let sock: std::net::SocketAddr = addr.parse().expect("a loopback address");
+        let deadline = Instant::now() + launch.ready_timeout;
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
                 bail!(
-                    "{name} did not start: {}",
-                    last_line(log).unwrap_or_else(|| "no output".into())
+                    "{} exited ({status}) before listening on {addr}; {}",
+                    launch.name,
+                    output_tail(&server.log)
                 );
             }
+            if interrupted() {
+                bail!("interrupted");
+            }
+            if std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_ok() {
+                return Ok(server);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} did not listen on {addr} within {:.0} s; {}",
+                    launch.name,
+                    launch.ready_timeout.as_secs_f64(),
+                    output_tail(&server.log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(server)
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Ask the server to stop (SIGTERM), wait for it, then kill whatever is left of its group.
+    /// Read the server's whole process tree (with PSS when `pss`); remembers every
+    /// process seen, so none escapes the final cleanup.
+    pub fn sample(&mut self, pss: bool) -> Option<crate::proctree::TreeSample> {
+        let pid = self.pid();
+        for p in crate::proctree::descendants(pid) {
+            if !self.seen.contains(&p) {
+                self.seen.push(p);
+            }
+        }
+        crate::proctree::sample(pid, pss)
+    }
+
+    /// Why the server is gone, when it is: its exit status and the end of its output.
+    pub fn gone(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(format!(
+                "the server exited ({status}) during the run; {}",
+                output_tail(&self.log)
+            )),
+            _ => None,
+        }
+    }
+
+    /// Ask the server to stop (SIGTERM), wait for it, then kill whatever is left of its
+    /// group and every process seen below it.
     pub fn stop(mut self) -> Result<()> {
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let status = self.child.wait_timeout_kill(Duration::from_secs(8));
-        kill_group(pid);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while group_alive(pid as u32) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let status = self.child.wait_timeout_kill(self.grace);
+        self.kill_all();
         match status {
             Some(s) if s.success() => Ok(()),
             Some(s) => bail!("server {} exited with {s}", self.name),
             None => bail!(
-                "server {} ignored SIGTERM for 8 s and was killed",
-                self.name
+                "server {} ignored SIGTERM for {} s and was killed",
+                self.name,
+                self.grace.as_secs()
             ),
+        }
+    }
+
+    /// SIGKILL the group and every process ever seen below the server, then wait
+    /// (bounded) until none of them is alive.
+    fn kill_all(&mut self) {
+        let pid = self.child.id();
+        let mut all = self.seen.clone();
+        all.extend(crate::proctree::descendants(pid));
+        kill_group(pid as libc::pid_t);
+        for p in &all {
+            // SAFETY: a process that was below our child; if it died and its pid was
+            // reused within this call the signal could hit another of ours, never init.
+            unsafe { libc::kill(*p as libc::pid_t, libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while (group_alive(pid) || all.iter().any(|p| alive(*p))) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let pid = self.child.id() as libc::pid_t;
-        kill_group(pid);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill_all();
     }
+}
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
+
+/// "its output ends: ..." with the last lines of a server's log, or "it printed nothing".
+pub fn output_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| strip_ansi(l).trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
+        return "it printed nothing".into();
+    }
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    let tail = if tail.chars().count() > 300 {
+        let skip = tail.chars().count() - 300;
+        format!("...{}", tail.chars().skip(skip).collect::<String>())
+    } else {
+        tail
+    };
+    format!("its output ends: {tail}")
 }
 
 fn kill_group(pgid: libc::pid_t) {
@@ -227,15 +327,35 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// A command as one line a shell would run again: program and arguments, each quoted
+/// when it holds anything a shell would read.
+pub fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| {
+            let a = a.to_string_lossy();
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+{}".contains(c))
+            {
+                a.into_owned()
+            } else {
+                super::servers::sh_quote(&a)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Run a client that prints one JSON object, pinned to `core`, killed after `limit`.
 /// `during` is called every 50 ms while it runs (the lab samples the server then).
 /// Exit status 0 and 1 both carry a report; anything else is an error.
-pub fn run_json(
+pub fn run_json<T: serde::de::DeserializeOwned>(
     mut cmd: Command,
     core: Option<usize>,
     limit: Duration,
     mut during: impl FnMut(Duration),
-) -> Result<serde_json::Value> {
+) -> Result<T> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -282,38 +402,93 @@ pub fn run_json(
             .unwrap_or("no message");
         bail!("client failed ({status}): {why}");
     }
-    serde_json::from_str(out.trim()).with_context(|| format!("client printed no JSON: {err}"))
+    serde_json::from_str(out.trim())
+        .with_context(|| format!("client printed no report the lab can read: {err}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn server_that_never_listens_is_an_error_with_its_last_words() {
-        let dir = std::env::temp_dir().join(format!("concur-runner-{}", std::process::id()));
+    fn launch<'a>(name: &'a str, command: &'a str, log: &'a Path) -> Launch<'a> {
+        Launch {
+            name,
+            command,
+            core: None,
+            log,
+            ready_timeout: Duration::from_secs(10),
+            grace: Duration::from_secs(3),
+        }
+    }
+
+    fn temp(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("concur-runner-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo 'error: port busy' >&2; exit 2"]);
-        let err = Server::start("fake", cmd, None, &dir.join("fake.log"))
-            .err()
-            .unwrap();
-        assert!(format!("{err:#}").contains("port busy"), "{err:#}");
+        dir
     }
 
     #[test]
-    fn server_is_started_and_stopped_with_its_group() {
-        let dir = std::env::temp_dir().join(format!("concur-runner2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = Command::new("sh");
-        // A server with a child of its own, like the processes model.
-        cmd.args(["-c", "sleep 30 & echo 'listening on 127.0.0.1:9 model=x service=echo'; trap 'exit 0' TERM; while :; do sleep 0.05; done"]);
-        let server = Server::start("fake", cmd, None, &dir.join("ok.log")).unwrap();
-        assert_eq!(server.addr, "127.0.0.1:9");
+    fn server_that_exits_first_is_an_error_with_its_last_words() {
+        let dir = temp("exit");
+        let log = dir.join("fake.log");
+        let err = Server::start(&launch("fake", "echo 'error: port busy' >&2; exit 2", &log))
+            .err()
+            .unwrap();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("exited") && msg.contains("port busy"), "{msg}");
+    }
+
+    #[test]
+    fn server_that_never_listens_times_out_with_its_output() {
+        let dir = temp("mute");
+        let log = dir.join("mute.log");
+        let mut l = launch("mute", "echo 'thinking about {port}'; exec sleep 30", &log);
+        l.ready_timeout = Duration::from_millis(300);
+        let err = Server::start(&l).err().unwrap();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("did not listen on 127.0.0.1:"), "{msg}");
+        assert!(msg.contains("its output ends: thinking about"), "{msg}");
+    }
+
+    #[test]
+    fn server_is_ready_when_it_listens_and_stopped_with_its_whole_tree() {
+        let dir = temp("ok");
+        let log = dir.join("ok.log");
+        // A server with a child that leaves the group (setsid), like a daemonizing one.
+        let command = "setsid sleep 30 & exec python3 -c 'import socket,signal,sys,time\n\
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n\
+s=socket.socket(); s.bind((\"127.0.0.1\", {port})); s.listen()\n\
+while True: time.sleep(0.05)'";
+        let mut server = Server::start(&launch("fake", command, &log)).unwrap();
+        assert!(server.addr.starts_with("127.0.0.1:"));
         let pid = server.pid();
+        let tree = server.sample(false).unwrap();
         assert!(group_alive(pid));
+        let escaped: Vec<u32> = crate::proctree::descendants(pid);
+        assert!(tree.threads >= 1);
         server.stop().unwrap();
-        assert!(!group_alive(pid), "the server's child must be gone too");
+        assert!(!group_alive(pid), "the group must be gone");
+        for p in escaped {
+            assert!(!alive(p), "a process that left the group survived: {p}");
+        }
+    }
+
+    #[test]
+    fn command_lines_are_quoted_only_where_needed() {
+        let mut cmd = Command::new("/bin/concur");
+        cmd.args([
+            "load",
+            "--prefix",
+            "Received: ",
+            "--addr",
+            "127.0.0.1:80",
+            "--x",
+            "",
+        ]);
+        assert_eq!(
+            command_line(&cmd),
+            "/bin/concur load --prefix 'Received: ' --addr 127.0.0.1:80 --x ''"
+        );
     }
 
     #[test]
@@ -329,11 +504,13 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo '{\"requests_ok\": 3}'; exit 1"]);
         let mut calls = 0;
-        let v = run_json(cmd, None, Duration::from_secs(5), |_| calls += 1).unwrap();
+        let v: serde_json::Value =
+            run_json(cmd, None, Duration::from_secs(5), |_| calls += 1).unwrap();
         assert_eq!(v["requests_ok"], 3);
         let mut bad = Command::new("sh");
         bad.args(["-c", "echo 'error: bad --conns' >&2; exit 2"]);
-        let err = run_json(bad, None, Duration::from_secs(5), |_| {}).unwrap_err();
+        let err =
+            run_json::<serde_json::Value>(bad, None, Duration::from_secs(5), |_| {}).unwrap_err();
         assert!(format!("{err:#}").contains("bad --conns"));
     }
 }

@@ -1,0 +1,325 @@
+//! The echo experiment's view.
+
+use super::{View, conns_of, failures, find, pts, servers_in};
+use super::{family_of, join_and, spread_cell};
+use crate::lab::chart::{self, Series};
+use crate::lab::fmt::{cell, human};
+use crate::lab::results::ServerInfo;
+use crate::lab::servers::Family;
+use crate::lab::stats::Point;
+use crate::lab::stats::Stat;
+use std::fmt::Write;
+
+pub fn view(points: &[Point], servers: &[ServerInfo]) -> View {
+    let ps = pts(points, "echo");
+    let mut conns: Vec<u64> = ps
+        .iter()
+        .filter(|p| p.params.get("size").and_then(|s| s.as_u64()) == Some(64))
+        .filter_map(|p| conns_of(p).map(|c| c as u64))
+        .collect();
+    conns.sort_unstable();
+    conns.dedup();
+    let big_point = ps
+        .iter()
+        .find(|p| p.params.get("size").and_then(|s| s.as_u64()) == Some(4096));
+    let big = big_point.map(|p| p.case.clone());
+    let big_conns = big_point.and_then(|p| conns_of(p)).unwrap_or(100.0);
+    let mid = if conns.contains(&100) {
+        100
+    } else {
+        conns.last().copied().unwrap_or(0)
+    };
+    let mid_case = format!("conns={mid} size=64");
+    let pss = ps.iter().any(|p| p.get("server_pss_mb").is_some());
+    let (mem_key, mem_label) = if pss {
+        ("server_pss_mb", "memory MB (PSS)")
+    } else {
+        ("server_rss_mb", "memory MB (RSS)")
+    };
+    let mut columns: Vec<String> = vec!["server".into()];
+    columns.extend(conns.iter().map(|c| format!("req/s @{c}")));
+    columns.push(format!("req/s 4KiB @{big_conns}"));
+    columns.extend(
+        [
+            "p50 µs",
+            "p99 µs",
+            "CPU µs/req",
+            mem_label,
+            "threads",
+            "ctx sw/req",
+            "errors",
+        ]
+        .map(|s| s.to_string()),
+    );
+    // The per-request columns describe the middle connection count.
+    for c in columns.iter_mut().skip(conns.len() + 2).take(6) {
+        c.push_str(&format!(" @{mid}"));
+    }
+    let mut rows = Vec::new();
+    let mut series: Vec<Series<Vec<(f64, f64)>>> = Vec::new();
+    let mut families: Vec<Family> = servers_in(&ps)
+        .iter()
+        .map(|s| family_of(s, servers))
+        .collect();
+    families.sort();
+    families.dedup();
+    let families = &families;
+    for server in servers_in(&ps) {
+        let mut row = vec![server.clone()];
+        let mut line = Vec::new();
+        for c in &conns {
+            let s = find(&ps, &server, &format!("conns={c} size=64"))
+                .and_then(|p| p.metrics.get("req_per_s"));
+            if let Some(s) = s {
+                line.push((*c as f64, s.median));
+            }
+            row.push(spread_cell(s));
+        }
+        row.push(spread_cell(
+            big.as_ref()
+                .and_then(|b| find(&ps, &server, b))
+                .and_then(|p| p.metrics.get("req_per_s")),
+        ));
+        let m = find(&ps, &server, &mid_case);
+        let g = |k: &str| m.and_then(|p| p.get(k));
+        row.extend([
+            cell(g("p50_us")),
+            cell(g("p99_us")),
+            g("server_cpu_us_per_req").map_or("-".into(), |x| format!("{x:.1}")),
+            cell(g(mem_key)),
+            cell(g("server_threads")),
+            g("ctx_switches_per_req").map_or("-".into(), |x| format!("{x:.2}")),
+        ]);
+        let errors: Vec<f64> = ps
+            .iter()
+            .filter(|p| p.server == server)
+            .filter_map(|p| p.get("errors"))
+            .collect();
+        row.push(if errors.is_empty() {
+            "-".into()
+        } else {
+            human(errors.iter().sum())
+        });
+        rows.push(row);
+        if !line.is_empty() {
+            series.push(Series {
+                name: server,
+                values: line,
+            });
+        }
+    }
+    // One small chart per family (the talk's models, further models, CPython, yours):
+    // a handful of lines each, labelled where they end, instead of fifteen colours.
+    let mut chart = String::new();
+    for family in families {
+        let mine: Vec<Series<Vec<(f64, f64)>>> = series
+            .iter()
+            .filter(|s| family_of(&s.name, servers) == *family)
+            .map(|s| Series {
+                name: s.name.clone(),
+                values: s.values.clone(),
+            })
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let title = format!("echo, 64-byte requests: {}", family.label());
+        chart.push_str(&if conns.len() > 1 {
+            chart::lines(&title, "concurrent connections", "requests/s", true, &mine)
+        } else {
+            // One connection count: a line would be a column of dots; bars read better.
+            let names: Vec<String> = mine.iter().map(|s| s.name.clone()).collect();
+            let values = mine.iter().map(|s| s.values.first().map(|p| p.1)).collect();
+            chart::bars(
+                &format!("{title}, {mid} connections"),
+                "requests/s",
+                &names,
+                &[Series {
+                    name: "req/s".into(),
+                    values,
+                }],
+            )
+        });
+    }
+    let at = |server: &str, c: u64, k: &str| {
+        find(&ps, server, &format!("conns={c} size=64")).and_then(|p| p.get(k))
+    };
+    let mut answer = String::new();
+    let stat_at =
+        |server: &str| find(&ps, server, &mid_case).and_then(|p| p.metrics.get("req_per_s"));
+    let mut ranked: Vec<(String, &Stat)> = servers_in(&ps)
+        .into_iter()
+        .filter_map(|s| stat_at(&s).map(|st| (s, st)))
+        .collect();
+    ranked.sort_by(|a, b| b.1.median.total_cmp(&a.1.median));
+    if let (Some(best), Some(worst)) = (ranked.first(), ranked.last()) {
+        // A winner only where the gap is larger than the spread of the repeats: every
+        // server whose best run reaches the leader's worst ties with it.
+        let tied: Vec<&str> = ranked
+            .iter()
+            .filter(|(_, s)| s.max >= best.1.min)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if tied.len() > 1 {
+            let _ = write!(
+                answer,
+                "At {mid} connections {} tie for fastest (around {} req/s): their repeats overlap, so this run cannot rank them. The slowest was {} ({} req/s). ",
+                join_and(&tied),
+                human(best.1.median),
+                worst.0,
+                human(worst.1.median)
+            );
+        } else {
+            let _ = write!(
+                answer,
+                "At {mid} connections the fastest server was {} ({} req/s) and the slowest {} ({} req/s). ",
+                best.0,
+                human(best.1.median),
+                worst.0,
+                human(worst.1.median)
+            );
+        }
+    }
+    if let (Some(b), Some(t)) = (
+        at("blocking", mid, "req_per_s"),
+        at("threads", mid, "req_per_s"),
+    ) {
+        let alone = conns
+            .first()
+            .filter(|&&c| c < mid)
+            .and_then(|&c| at("blocking", c, "req_per_s").map(|r| (c, r)))
+            .map(|(c, r)| {
+                format!(
+                    " (with {c} connection{}: {})",
+                    if c == 1 { "" } else { "s" },
+                    human(r)
+                )
+            })
+            .unwrap_or_default();
+        let errs = at("blocking", mid, "errors").unwrap_or(0.0);
+        let timeouts = if errs > 0.0 {
+            format!(", and {} requests failed or timed out", human(errs))
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            answer,
+            "The blocking server serves one client at a time while the rest wait in the listen backlog: at {mid} connections it managed {} req/s{alone} against {} for a thread per client{timeouts}. ",
+            human(b),
+            human(t),
+        );
+    }
+    let cheapest = servers_in(&ps)
+        .into_iter()
+        .filter_map(|s| at(&s, mid, "server_cpu_us_per_req").map(|c| (s, c)))
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((s, c)) = cheapest {
+        let _ = write!(
+            answer,
+            "The cheapest in CPU was {s} at {c:.1} µs of server CPU per request. "
+        );
+    }
+    if let (Some(py), Some(rs)) = (
+        at("python-asyncio", mid, "req_per_s"),
+        at("async", mid, "req_per_s"),
+    ) {
+        let _ = write!(
+            answer,
+            "The talk's asyncio server reached {:.0}% of Rust's async model's throughput.",
+            100.0 * py / rs.max(1e-9)
+        );
+    }
+    if answer.is_empty() {
+        answer = "Not measured.".into();
+    }
+    View {
+        id: "echo",
+        title: "2. I/O-bound: the echo server under every model",
+        question: "The talk's echo server written blocking, thread per client, process per client, with select and with asyncio: what does each cost and how far does each go?",
+        answer,
+        columns,
+        rows,
+        chart,
+        failures: failures(&ps),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::views::testing::{point, results};
+
+    #[test]
+    fn echo_ranks_servers() {
+        let r = results(vec![
+            {
+                let mut p = point(
+                    "echo",
+                    "epoll",
+                    "conns=100 size=64",
+                    &[("req_per_s", 90000.0), ("server_cpu_us_per_req", 5.0)],
+                );
+                p.params.insert("conns".into(), 100.into());
+                p.params.insert("size".into(), 64.into());
+                p
+            },
+            {
+                let mut p = point(
+                    "echo",
+                    "threads",
+                    "conns=100 size=64",
+                    &[("req_per_s", 40000.0), ("server_cpu_us_per_req", 9.0)],
+                );
+                p.params.insert("conns".into(), 100.into());
+                p.params.insert("size".into(), 64.into());
+                p
+            },
+        ]);
+        let v = view(&r.points, &[]);
+        assert!(
+            v.answer.contains("fastest server was epoll (90k req/s)"),
+            "{}",
+            v.answer
+        );
+        assert!(v.answer.contains("slowest threads"), "{}", v.answer);
+        assert_eq!(v.rows.len(), 2);
+        assert!(v.chart.contains("epoll"));
+    }
+
+    #[test]
+    fn servers_whose_repeats_overlap_tie() {
+        let mk = |server: &str, runs: &[f64]| {
+            let mut p = crate::lab::stats::Point::new("echo", server, "conns=100 size=64");
+            let runs: Vec<std::collections::BTreeMap<String, f64>> = runs
+                .iter()
+                .map(|&x| [("req_per_s".to_string(), x)].into())
+                .collect();
+            p.set_runs(&runs);
+            p.params.insert("conns".into(), 100.into());
+            p.params.insert("size".into(), 64.into());
+            p
+        };
+        let r = results(vec![
+            mk("select", &[90_000.0, 100_000.0, 95_000.0]),
+            mk("uring", &[92_000.0, 99_000.0, 97_000.0]),
+            mk("threads", &[40_000.0, 41_000.0, 42_000.0]),
+        ]);
+        let v = view(&r.points, &[]);
+        assert!(
+            v.answer.contains("uring and select tie for fastest"),
+            "{}",
+            v.answer
+        );
+        assert!(v.answer.contains("slowest was threads"), "{}", v.answer);
+        assert!(v.rows[0][1].contains("(90k–100k)"), "{:?}", v.rows[0]);
+        let r = results(vec![
+            mk("select", &[90_000.0, 100_000.0]),
+            mk("threads", &[40_000.0, 41_000.0]),
+        ]);
+        assert!(
+            view(&r.points, &[])
+                .answer
+                .contains("fastest server was select")
+        );
+    }
+}

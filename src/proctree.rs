@@ -1,0 +1,156 @@
+//! A process and everything below it, read from /proc as one: the lab measures a
+//! server that may be a shell running an interpreter that forks a child per client,
+//! so its CPU, memory, threads and processes are those of the whole tree, not of the
+//! pid it started.
+//!
+//! Memory is given two ways. RSS summed over the tree counts a page shared by N
+//! processes (the copy-on-write pages a forked child keeps from its parent, the
+//! interpreter's code) N times, so "memory per connection" of a server that forks per
+//! client looks like the size of a whole process. PSS (`Pss:` in
+//! `/proc/PID/smaps_rollup`) charges each process 1/N of a page shared by N: summed
+//! over a tree it is what the tree really costs. Reading it walks every mapping, so it
+//! is taken only when asked for.
+
+use crate::sys::{self, CpuTime};
+
+/// One reading of a process tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TreeSample {
+    /// CPU of every live process in the tree and of the children each has reaped.
+    pub cpu: CpuTime,
+    /// RSS summed over the tree (shared pages counted once per process).
+    pub rss_bytes: u64,
+    /// PSS summed over the tree, when asked for and the kernel has smaps_rollup (4.14+).
+    pub pss_bytes: Option<u64>,
+    pub threads: u64,
+    pub context_switches: u64,
+    /// Live processes below the root (children, grandchildren...).
+    pub descendants: u64,
+}
+
+/// Every live process below `pid`, parents before their children.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut next = 0;
+    let mut current = pid;
+    loop {
+        for kid in sys::children(current) {
+            if kid != pid && !found.contains(&kid) {
+                found.push(kid);
+            }
+        }
+        let Some(&p) = found.get(next) else {
+            return found;
+        };
+        current = p;
+        next += 1;
+    }
+}
+
+/// PSS of one process in bytes, from `/proc/PID/smaps_rollup`.
+pub fn pss_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    parse_pss_kb(&text).map(|kb| kb * 1024)
+}
+
+fn parse_pss_kb(smaps_rollup: &str) -> Option<u64> {
+    smaps_rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+/// Read `pid` and every process below it; `None` if `pid` is gone. With `pss`, PSS is
+/// summed too (`None` in the sample if any process's could not be read).
+pub fn sample(pid: u32, pss: bool) -> Option<TreeSample> {
+    let mut tree = TreeSample {
+        pss_bytes: pss.then_some(0),
+        ..TreeSample::default()
+    };
+    let mut add = |p: u32| -> bool {
+        let Some(s) = sys::proc_stat(p) else {
+            return false;
+        };
+        tree.cpu.user += s.cpu.user + s.reaped_children_cpu.user;
+        tree.cpu.system += s.cpu.system + s.reaped_children_cpu.system;
+        tree.rss_bytes += s.rss_bytes;
+        tree.threads += s.threads;
+        tree.context_switches += s.context_switches;
+        if let Some(total) = tree.pss_bytes.as_mut() {
+            match pss_bytes(p) {
+                Some(b) => *total += b,
+                None => tree.pss_bytes = None,
+            }
+        }
+        true
+    };
+    if !add(pid) {
+        return None;
+    }
+    for kid in descendants(pid) {
+        // A child that exited between the listing and the read is simply not counted.
+        if add(kid) {
+            tree.descendants += 1;
+        }
+    }
+    Some(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// Wait (bounded) until `pid` has `n` descendants that are running `sleep`.
+    fn wait_for_tree(pid: u32, n: usize) -> Vec<u32> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let kids: Vec<u32> = descendants(pid)
+                .into_iter()
+                .filter(|k| {
+                    std::fs::read_to_string(format!("/proc/{k}/comm"))
+                        .is_ok_and(|c| c.trim() == "sleep")
+                })
+                .collect();
+            if kids.len() >= n {
+                return kids;
+            }
+            assert!(Instant::now() < deadline, "the tree never grew");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn grandchildren_are_part_of_the_tree() {
+        // sh -> (sh -> sleep), sh -> sleep: one child and one grandchild run sleep.
+        let mut root = Command::new("sh")
+            .args(["-c", "sh -c 'sleep 30; true' & sleep 30; wait"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = root.id();
+        let sleepers = wait_for_tree(pid, 2);
+        let t = sample(pid, true).unwrap();
+        assert!(t.descendants >= 3, "{t:?}");
+        assert!(t.threads >= 4, "{t:?}");
+        assert!(t.rss_bytes > 0);
+        if std::path::Path::new(&format!("/proc/{pid}/smaps_rollup")).exists() {
+            let pss = t.pss_bytes.expect("pss read");
+            assert!(pss > 0 && pss <= t.rss_bytes, "{t:?}");
+        }
+        for s in sleepers {
+            // SAFETY: our own descendants.
+            unsafe { libc::kill(s as i32, libc::SIGKILL) };
+        }
+        root.wait().unwrap();
+        assert!(sample(pid, false).is_none(), "a reaped root is gone");
+    }
+
+    #[test]
+    fn pss_line_is_parsed() {
+        let text = "55d0-7ffc ---p 00000000 00:00 0 [rollup]\nRss:  1204 kB\nPss:  311 kB\nPss_Anon: 100 kB\n";
+        assert_eq!(parse_pss_kb(text), Some(311));
+        assert_eq!(parse_pss_kb("Rss: 1 kB\n"), None);
+    }
+}
