@@ -364,6 +364,9 @@ pub(super) fn run(
             }
         }
     }
+    // The window ends here: what follows is the children's reports and their exit
+    // (closing a million sockets takes the kernel most of a minute).
+    let window_end = super::unix_now();
     // Stop. After Ctrl-C a child may be in the middle of a phase: SIGTERM is its
     // Ctrl-C. Then a closed stdin tells every child to report.
     if crate::interrupt::requested() {
@@ -401,7 +404,7 @@ pub(super) fn run(
     r.server = server.map(|s| s.stats());
     r.kernel = kernel.map(|k| k.stats());
     r.window_start_unix = wall_start;
-    r.window_end_unix = super::unix_now();
+    r.window_end_unix = window_end;
     r.start_late_secs = config
         .start_at
         .map(|at| (wall_start - crate::load::unix_secs(at)).max(0.0));
