@@ -271,20 +271,30 @@ pub struct TreeMemory {
     /// process's smaps_rollup could not be read (an old kernel, another user's
     /// process).
     pub pss_bytes: Option<u64>,
+    /// Private pages summed (`Private_Clean` + `Private_Dirty`): what no other process
+    /// shares. A process's PSS also moves when *other* processes map or unmap the
+    /// pages it shares with them (libc's, say), while its private memory moves only
+    /// with what it does itself; so the growth of what a connection costs is read
+    /// here.
+    pub private_bytes: Option<u64>,
 }
 
-/// Proportional set size of `pid` in bytes, from /proc/PID/smaps_rollup.
-pub fn pss_bytes(pid: u32) -> Option<u64> {
+/// (PSS, private) of `pid` in bytes, from /proc/PID/smaps_rollup.
+pub fn smaps_rollup(pid: u32) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let kb = text.lines().find_map(|l| {
-        l.strip_prefix("Pss:")?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse::<u64>()
-            .ok()
-    })?;
-    Some(kb * 1024)
+    let kb = |key: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(key)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    let pss = kb("Pss:")?;
+    let private = kb("Private_Clean:")? + kb("Private_Dirty:")?;
+    Some((pss * 1024, private * 1024))
 }
 
 /// `pid` and every live descendant (children, their children, ...), `pid` first.
@@ -305,11 +315,13 @@ pub fn descendants(pid: u32) -> Vec<u32> {
 /// Memory of `pid`'s whole process tree. `None` if `pid` is gone.
 pub fn tree_memory(pid: u32) -> Option<TreeMemory> {
     let top = proc_stat(pid)?;
+    let rollup = smaps_rollup(pid);
     let mut t = TreeMemory {
         processes: 1,
         threads: top.threads,
         rss_bytes: top.rss_bytes,
-        pss_bytes: pss_bytes(pid),
+        pss_bytes: rollup.map(|r| r.0),
+        private_bytes: rollup.map(|r| r.1),
     };
     for p in descendants(pid).into_iter().skip(1) {
         // A process that exits between the listing and the read is not counted.
@@ -317,10 +329,9 @@ pub fn tree_memory(pid: u32) -> Option<TreeMemory> {
         t.processes += 1;
         t.threads += s.threads;
         t.rss_bytes += s.rss_bytes;
-        t.pss_bytes = match (t.pss_bytes, pss_bytes(p)) {
-            (Some(a), Some(b)) => Some(a + b),
-            _ => None,
-        };
+        let rollup = smaps_rollup(p);
+        t.pss_bytes = t.pss_bytes.zip(rollup).map(|(a, r)| a + r.0);
+        t.private_bytes = t.private_bytes.zip(rollup).map(|(a, r)| a + r.1);
     }
     Some(t)
 }
@@ -396,7 +407,8 @@ pub fn listen_overflows() -> Option<u64> {
     values.split_whitespace().nth(i)?.parse().ok()
 }
 
-/// The accept queues of the TCP listeners on one local port, read from the kernel
+/// The accept queues of the TCP listeners a connection to one address could reach
+/// (on its port, bound to its IP or to the wildcard), read from the kernel
 /// with sock_diag (netlink, the interface `ss -lnt` uses): for a listener, the
 /// kernel reports the connections waiting for accept() (`idiag_rqueue`) and the
 /// queue's length (`idiag_wqueue`, the backlog given to listen()).
@@ -407,7 +419,7 @@ pub fn listen_overflows() -> Option<u64> {
 /// network namespace are visible, so a remote server shows none.
 pub struct AcceptQueues {
     fd: std::os::fd::OwnedFd,
-    port: u16,
+    target: std::net::SocketAddr,
 }
 
 /// `struct inet_diag_sockid` (linux/inet_diag.h).
@@ -461,8 +473,8 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const TCP_LISTEN: u32 = 10;
 
 impl AcceptQueues {
-    /// A netlink socket to ask about the listeners on `port`.
-    pub fn new(port: u16) -> std::io::Result<AcceptQueues> {
+    /// A netlink socket to ask about the listeners `target` could reach.
+    pub fn new(target: std::net::SocketAddr) -> std::io::Result<AcceptQueues> {
         use std::os::fd::FromRawFd;
         // SAFETY: socket() has no memory preconditions; the descriptor is owned below.
         let fd = unsafe {
@@ -477,10 +489,11 @@ impl AcceptQueues {
         }
         // SAFETY: fd was just opened and is owned by nothing else.
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        Ok(AcceptQueues { fd, port })
+        Ok(AcceptQueues { fd, target })
     }
 
-    /// (waiting, queue length) of every TCP listener (IPv4 and IPv6) on the port.
+    /// (waiting, queue length) of every TCP listener (IPv4 and IPv6) on the target's
+    /// port bound to its address or to the wildcard.
     pub fn read(&self) -> std::io::Result<Vec<(u32, u32)>> {
         let mut found = Vec::new();
         for family in [libc::AF_INET, libc::AF_INET6] {
@@ -497,6 +510,23 @@ impl AcceptQueues {
             .iter()
             .map(|&(waiting, len)| len.saturating_sub(waiting))
             .min()
+    }
+
+    /// Whether a listener bound to `src` (as sock_diag gives it, network byte order)
+    /// takes connections to the target's address.
+    fn reaches(&self, family: u8, src: &[u32; 4]) -> bool {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let mut bytes = [0u8; 16];
+        for (chunk, word) in bytes.chunks_mut(4).zip(src) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        let bound = if i32::from(family) == libc::AF_INET {
+            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+        } else {
+            let v6 = Ipv6Addr::from(bytes);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        };
+        bound.is_unspecified() || bound == self.target.ip().to_canonical()
     }
 
     fn dump(&self, family: u8, found: &mut Vec<(u32, u32)>) -> std::io::Result<()> {
@@ -570,7 +600,9 @@ impl AcceptQueues {
                         // SAFETY: the message holds a whole inet_diag_msg.
                         let m: InetDiagMsg =
                             unsafe { std::ptr::read_unaligned(buf[at + header..].as_ptr().cast()) };
-                        if u16::from_be(m.id.sport) == self.port && u32::from(m.state) == TCP_LISTEN
+                        if u16::from_be(m.id.sport) == self.target.port()
+                            && u32::from(m.state) == TCP_LISTEN
+                            && self.reaches(family, &m.id.src)
                         {
                             found.push((m.rqueue, m.wqueue));
                         }
@@ -605,8 +637,9 @@ mod tests {
         assert!(t.processes >= 1 && t.threads >= 1);
         assert!(t.rss_bytes > 0);
         // PSS never exceeds RSS (shared pages are split, never added).
-        if let Some(pss) = t.pss_bytes {
-            assert!(pss > 0 && pss <= t.rss_bytes, "{t:?}");
+        if let (Some(pss), Some(private)) = (t.pss_bytes, t.private_bytes) {
+            assert!(private <= pss && pss <= t.rss_bytes, "{t:?}");
+            assert!(private > 0, "{t:?}");
         }
         assert_eq!(descendants(me)[0], me);
     }
@@ -632,8 +665,11 @@ mod tests {
         listener.bind(&any.into()).unwrap();
         listener.listen(7).unwrap();
         let addr = listener.local_addr().unwrap().as_socket().unwrap();
-        let queues = AcceptQueues::new(addr.port()).expect("netlink");
+        let queues = AcceptQueues::new(addr).expect("netlink");
         assert_eq!(queues.read().unwrap(), vec![(0, 7)]);
+        // Another address on the same port reaches another listener, not this one.
+        let elsewhere = std::net::SocketAddr::new([127, 0, 0, 2].into(), addr.port());
+        assert_eq!(AcceptQueues::new(elsewhere).unwrap().room(), None);
         let clients: Vec<_> = (0..3)
             .map(|_| std::net::TcpStream::connect(addr).unwrap())
             .collect();

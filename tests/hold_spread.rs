@@ -299,7 +299,8 @@ fn refusals_name_the_numbers() {
 
 /// A forking server's memory is its whole tree's: `--server-pid` of a `reuseport
 /// --fork` server counts the parent and its three workers, measured as PSS (which
-/// never exceeds summed RSS: shared pages are split, not counted once per process).
+/// never exceeds summed RSS: shared pages are split, not counted once per process),
+/// with private memory (a part of it) for the growth.
 #[test]
 fn a_forking_servers_tree_is_measured_as_pss() {
     let server = serve_harness::Server::start("reuseport", "echo", &["--workers", "3", "--fork"]);
@@ -325,6 +326,8 @@ fn a_forking_servers_tree_is_measured_as_pss() {
     assert_eq!(s.memory, "pss");
     let (pss, rss) = (s.pss_holding_bytes.unwrap(), s.rss_holding_bytes);
     assert!(pss > 0 && pss <= rss, "{s:?}");
+    // Private pages are part of the PSS; the growth is read from them.
+    assert!(s.private_holding_bytes.unwrap() <= pss, "{s:?}");
     let (_, text, _) = concur(&[
         "hold",
         "--addr",

@@ -103,23 +103,29 @@ impl ServerWatch {
             p.0.threads = p.0.threads.max(t.threads);
             p.0.rss_bytes = p.0.rss_bytes.max(t.rss_bytes);
             // PSS only if every reading had it: a peak of part of the tree is no peak.
-            p.0.pss_bytes = match (p.0.pss_bytes, t.pss_bytes) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                _ => None,
-            };
+            p.0.pss_bytes = p.0.pss_bytes.zip(t.pss_bytes).map(|(a, b)| a.max(b));
+            p.0.private_bytes =
+                p.0.private_bytes
+                    .zip(t.private_bytes)
+                    .map(|(a, b)| a.max(b));
             p.1 = p.1.max(kids);
         }
     }
 
     pub fn stats(&self) -> ServerStats {
         let (b, p) = (&self.before, &self.peak);
-        let pss = b.0.pss_bytes.is_some() && p.0.pss_bytes.is_some();
+        let pss = b.0.pss_bytes.is_some()
+            && p.0.pss_bytes.is_some()
+            && b.0.private_bytes.is_some()
+            && p.0.private_bytes.is_some();
         ServerStats {
             pid: self.pid,
             rss_before_bytes: b.0.rss_bytes,
             rss_holding_bytes: p.0.rss_bytes,
             pss_before_bytes: b.0.pss_bytes.filter(|_| pss),
             pss_holding_bytes: p.0.pss_bytes.filter(|_| pss),
+            private_before_bytes: b.0.private_bytes.filter(|_| pss),
+            private_holding_bytes: p.0.private_bytes.filter(|_| pss),
             memory: if pss { "pss" } else { "rss" }.to_string(),
             threads_before: b.0.threads,
             threads_holding: p.0.threads,

@@ -87,7 +87,7 @@ fn errno_name(e: &std::io::Error) -> String {
 impl<'a> Hold<'a> {
     pub(super) fn new(config: &'a HoldConfig, addr: SocketAddr, offset: usize) -> Result<Self> {
         // Pacing by the accept queues only where they can be seen.
-        let queues = crate::sys::AcceptQueues::new(addr.port())
+        let queues = crate::sys::AcceptQueues::new(addr)
             .ok()
             .filter(|q| q.room().is_some());
         Ok(Hold {

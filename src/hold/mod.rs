@@ -77,8 +77,9 @@ pub struct HoldArgs {
     /// The protocol of the one round trip on each connection
     #[arg(long, value_enum, default_value_t = Service::Echo)]
     pub service: Service,
-    /// The server's process id: report its RSS, threads and children from /proc
-    /// (the same name as on `concur load`; `--pid` still works)
+    /// The server's process id: report the memory (PSS), threads and processes of its
+    /// whole process tree from /proc (the same name as on `concur load`; `--pid`
+    /// still works)
     #[arg(long, visible_alias = "pid", value_name = "PID")]
     pub server_pid: Option<u32>,
     /// Give up on a connect or a reply after this long (more than 0)
@@ -88,7 +89,8 @@ pub struct HoldArgs {
     /// 70% of half the ephemeral port range, 9,881 for 32768-60999]
     #[arg(long)]
     pub per_source: Option<usize>,
-    /// Connects in progress at once
+    /// Connects in progress at once (fewer while the server's accept queues, read from
+    /// the kernel when the server is on this machine, have less room)
     #[arg(long, default_value_t = 512)]
     pub batch: usize,
     /// Round trips outstanding at once; 1 (the default) times each round trip alone,

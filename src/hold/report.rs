@@ -6,7 +6,9 @@
 //! some models) is read from /proc for the server's whole process tree: a forking
 //! server's workers are where its connections live. It is measured as PSS (each
 //! shared page split between the processes sharing it), so forked workers sharing
-//! their parent's pages are not counted once per worker as summed RSS would. The
+//! their parent's pages are not counted once per worker as summed RSS would; its
+//! growth per connection as private memory, because a process's PSS also moves when
+//! other processes (anywhere on the machine) map or unmap the pages it shares. The
 //! kernel's (socket structures, open files, epoll items, buffered bytes) is in no
 //! process's RSS: it is read as the growth of the slab and of TCP's buffer memory,
 //! machine-wide. On loopback that is both ends of every connection, the client's
@@ -58,8 +60,15 @@ pub struct ServerStats {
     pub pss_before_bytes: Option<u64>,
     #[serde(default)]
     pub pss_holding_bytes: Option<u64>,
-    /// The measure the per-connection figure uses: "pss" when it could be read for
-    /// the whole tree, else "rss".
+    /// Private memory (no other process shares it) summed over the tree, before and
+    /// (the largest) while holding; absent with the PSS.
+    #[serde(default)]
+    pub private_before_bytes: Option<u64>,
+    #[serde(default)]
+    pub private_holding_bytes: Option<u64>,
+    /// The measure used: "pss" when smaps_rollup could be read for the whole tree
+    /// (totals in PSS, growth per connection in private memory, which other
+    /// processes cannot move), else "rss".
     #[serde(default)]
     pub memory: String,
     /// Threads summed over the process tree.
@@ -88,11 +97,23 @@ impl ServerStats {
         }
     }
 
+    /// How much the server's memory grew while holding: private memory when the
+    /// measure is PSS, else RSS.
+    pub fn grown_bytes(&self) -> u64 {
+        match (
+            self.memory.as_str(),
+            self.private_before_bytes,
+            self.private_holding_bytes,
+        ) {
+            ("pss", Some(b), Some(h)) => h.saturating_sub(b),
+            _ => self.rss_holding_bytes.saturating_sub(self.rss_before_bytes),
+        }
+    }
+
     /// The server's user-space memory per held connection, bytes; `None` when it did
     /// not grow or nothing was held.
     pub fn bytes_per_conn(&self, opened: u64) -> Option<u64> {
-        let (before, holding) = self.memory_bytes();
-        let grown = holding.saturating_sub(before);
+        let grown = self.grown_bytes();
         (grown > 0)
             .then_some(grown)
             .and_then(|g| g.checked_div(opened))
@@ -312,27 +333,31 @@ pub fn render(r: &HoldReport) -> String {
     );
     if let Some(s) = &r.server {
         let (before, holding) = s.memory_bytes();
-        let grown = holding.saturating_sub(before);
-        let measure = if s.memory == "pss" {
-            "PSS summed over the process tree"
-        } else {
-            "RSS summed over the process tree"
-        };
+        let pss = s.memory == "pss";
         // No growth is not "0 B per connection": a server that held connections
         // before keeps (and reuses) that memory, so the cost is not visible here.
         let cost = match s.bytes_per_conn(r.opened) {
-            Some(per) => format!("+{:.1} MB, {per} B per connection", mb(grown)),
+            Some(per) => format!(
+                "{} +{:.1} MB, {per} B per connection",
+                if pss { "private" } else { "grew" },
+                mb(s.grown_bytes())
+            ),
             None if r.opened == 0 => "nothing held".to_string(),
             None => "did not grow: memory kept from earlier connections was reused, \
                      so this is not a per-connection cost"
                 .to_string(),
+        };
+        let measure = if pss {
+            "PSS summed over the process tree, growth in private memory"
+        } else {
+            "RSS summed over the process tree"
         };
         let _ = writeln!(
             out,
             "server pid {}: {} {:.1} MB before, {:.1} MB holding ({cost}; {measure}); \
              processes {} -> {}; threads {} -> {}; children {} -> {}",
             s.pid,
-            if s.memory == "pss" { "pss" } else { "rss" },
+            if pss { "pss" } else { "rss" },
             mb(before),
             mb(holding),
             s.processes_before.max(1),

@@ -687,6 +687,8 @@ mod tests {
             rss_holding_bytes: 3_000_000,
             pss_before_bytes: None,
             pss_holding_bytes: None,
+            private_before_bytes: None,
+            private_holding_bytes: None,
             memory: "rss".into(),
             threads_before: 1,
             threads_holding: 1,
