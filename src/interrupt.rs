@@ -7,6 +7,12 @@
 //! a shell reports a command Ctrl-C killed). A second SIGINT means "now": the
 //! handler exits at once with the same status, printing nothing.
 //!
+//! A `concur hold` spread over processes ([`catch_as_child`]) leaves the decision to
+//! its parent: its children ignore SIGINT (a terminal's Ctrl-C reaches the whole
+//! process group) and take SIGTERM, which the parent sends once on the first Ctrl-C,
+//! as their first Ctrl-C; on the second the parent exits at once and the children die
+//! with it (`PR_SET_PDEATHSIG`).
+//!
 //! `concur lab` catches its interrupts the same way (see `lab::runner`); its clients
 //! run in their own process groups, so a terminal's Ctrl-C reaches only the lab.
 
@@ -41,4 +47,23 @@ pub fn catch() {
 /// True once the first Ctrl-C arrived.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::Relaxed)
+}
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// For a child of a spread `concur hold`: SIGINT ignored, SIGTERM raises the flag
+/// (and never exits: the child still reports what it measured to its parent).
+pub fn catch_as_child() {
+    // SAFETY: as in `catch`: the handler only stores to an atomic; the sigaction
+    // structs are fully initialised.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigterm as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        action.sa_flags = 0;
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+    }
 }

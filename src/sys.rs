@@ -256,6 +256,365 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// A process and all its descendants, as memory: what a forking server (prefork,
+/// `reuseport --fork`, a process per client) really costs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeMemory {
+    /// The process and its live descendants.
+    pub processes: usize,
+    pub threads: u64,
+    /// RSS summed: a page shared by two processes (the code, copy-on-write memory
+    /// inherited at fork) counts twice.
+    pub rss_bytes: u64,
+    /// PSS summed (`/proc/PID/smaps_rollup`): a page shared by k processes counts
+    /// 1/k in each, so the sum is what the tree costs the machine. `None` when any
+    /// process's smaps_rollup could not be read (an old kernel, another user's
+    /// process).
+    pub pss_bytes: Option<u64>,
+    /// Private pages summed (`Private_Clean` + `Private_Dirty`): what no other process
+    /// shares. A process's PSS also moves when *other* processes map or unmap the
+    /// pages it shares with them (libc's, say), while its private memory moves only
+    /// with what it does itself; so the growth of what a connection costs is read
+    /// here.
+    pub private_bytes: Option<u64>,
+}
+
+/// (PSS, private) of `pid` in bytes, from /proc/PID/smaps_rollup.
+pub fn smaps_rollup(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kb = |key: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(key)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    let pss = kb("Pss:")?;
+    let private = kb("Private_Clean:")? + kb("Private_Dirty:")?;
+    Some((pss * 1024, private * 1024))
+}
+
+/// `pid` and every live descendant (children, their children, ...), `pid` first.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        for kid in children(all[i]) {
+            if !all.contains(&kid) {
+                all.push(kid);
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
+/// Memory of `pid`'s whole process tree. `None` if `pid` is gone.
+pub fn tree_memory(pid: u32) -> Option<TreeMemory> {
+    let top = proc_stat(pid)?;
+    let rollup = smaps_rollup(pid);
+    let mut t = TreeMemory {
+        processes: 1,
+        threads: top.threads,
+        rss_bytes: top.rss_bytes,
+        pss_bytes: rollup.map(|r| r.0),
+        private_bytes: rollup.map(|r| r.1),
+    };
+    for p in descendants(pid).into_iter().skip(1) {
+        // A process that exits between the listing and the read is not counted.
+        let Some(s) = proc_stat(p) else { continue };
+        t.processes += 1;
+        t.threads += s.threads;
+        t.rss_bytes += s.rss_bytes;
+        let rollup = smaps_rollup(p);
+        t.pss_bytes = t.pss_bytes.zip(rollup).map(|(a, r)| a + r.0);
+        t.private_bytes = t.private_bytes.zip(rollup).map(|(a, r)| a + r.1);
+    }
+    Some(t)
+}
+
+/// The kernel's memory as the whole machine sees it: what sockets cost lives here,
+/// not in any process's RSS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelMemory {
+    /// /proc/meminfo `Slab`: every slab cache (socket structures, files, dentries,
+    /// epoll items; also caches that have nothing to do with sockets).
+    pub slab_bytes: u64,
+    /// /proc/meminfo `SUnreclaim`: the part of the slab that cannot be reclaimed
+    /// under pressure (TCP sockets, open files, epoll items are here).
+    pub sunreclaim_bytes: u64,
+    /// /proc/meminfo `MemAvailable`.
+    pub mem_available_bytes: u64,
+    /// /proc/net/sockstat `TCP: mem`: pages charged to TCP socket buffers, in bytes.
+    pub tcp_mem_bytes: u64,
+    /// /proc/net/sockstat `TCP: inuse`: TCP sockets in use (this network namespace).
+    pub tcp_inuse: u64,
+}
+
+/// `key` followed by a number in a whitespace-separated line.
+fn field_after(line: &str, key: &str) -> Option<u64> {
+    let mut words = line.split_whitespace();
+    words.by_ref().find(|w| *w == key)?;
+    words.next()?.parse().ok()
+}
+
+impl KernelMemory {
+    /// Read /proc/meminfo and /proc/net/sockstat. `None` if either is unreadable.
+    pub fn read() -> Option<KernelMemory> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kb = |key: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| field_after(l, key))
+                .map(|v| v * 1024)
+        };
+        let sockstat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+        let tcp = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+        Some(KernelMemory {
+            slab_bytes: kb("Slab:")?,
+            sunreclaim_bytes: kb("SUnreclaim:")?,
+            mem_available_bytes: kb("MemAvailable:")?,
+            tcp_mem_bytes: field_after(tcp, "mem")? * page_size(),
+            tcp_inuse: field_after(tcp, "inuse")?,
+        })
+    }
+
+    /// The larger of each figure (a peak over samples); `mem_available` keeps `self`'s.
+    pub fn max(self, other: KernelMemory) -> KernelMemory {
+        KernelMemory {
+            slab_bytes: self.slab_bytes.max(other.slab_bytes),
+            sunreclaim_bytes: self.sunreclaim_bytes.max(other.sunreclaim_bytes),
+            mem_available_bytes: self.mem_available_bytes,
+            tcp_mem_bytes: self.tcp_mem_bytes.max(other.tcp_mem_bytes),
+            tcp_inuse: self.tcp_inuse.max(other.tcp_inuse),
+        }
+    }
+}
+
+/// The kernel's count of connections a listener dropped because its accept queue was
+/// full (`TcpExt: ListenOverflows` in /proc/net/netstat, this network namespace):
+/// each one is a SYN the client must send again a second or more later.
+pub fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let i = names
+        .split_whitespace()
+        .position(|w| w == "ListenOverflows")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+/// The accept queues of the TCP listeners a connection to one address could reach
+/// (on its port, bound to its IP or to the wildcard), read from the kernel
+/// with sock_diag (netlink, the interface `ss -lnt` uses): for a listener, the
+/// kernel reports the connections waiting for accept() (`idiag_rqueue`) and the
+/// queue's length (`idiag_wqueue`, the backlog given to listen()).
+///
+/// `concur hold` reads them to open connections no faster than the server accepts
+/// them: a full queue makes the kernel drop SYNs, and each dropped SYN costs its
+/// client a retransmission a second or more later. Only the listeners of this
+/// network namespace are visible, so a remote server shows none.
+pub struct AcceptQueues {
+    fd: std::os::fd::OwnedFd,
+    target: std::net::SocketAddr,
+}
+
+/// `struct inet_diag_sockid` (linux/inet_diag.h).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InetDiagSockId {
+    sport: u16,
+    dport: u16,
+    src: [u32; 4],
+    dst: [u32; 4],
+    interface: u32,
+    cookie: [u32; 2],
+}
+
+/// `struct inet_diag_req_v2`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InetDiagReqV2 {
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: InetDiagSockId,
+}
+
+/// `struct inet_diag_msg`, the reply's payload.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InetDiagMsg {
+    family: u8,
+    state: u8,
+    timer: u8,
+    retrans: u8,
+    id: InetDiagSockId,
+    expires: u32,
+    rqueue: u32,
+    wqueue: u32,
+    uid: u32,
+    inode: u32,
+}
+
+#[repr(C)]
+struct DiagRequest {
+    header: libc::nlmsghdr,
+    body: InetDiagReqV2,
+}
+
+/// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const TCP_LISTEN: u32 = 10;
+
+impl AcceptQueues {
+    /// A netlink socket to ask about the listeners `target` could reach.
+    pub fn new(target: std::net::SocketAddr) -> std::io::Result<AcceptQueues> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: socket() has no memory preconditions; the descriptor is owned below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd was just opened and is owned by nothing else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        Ok(AcceptQueues { fd, target })
+    }
+
+    /// (waiting, queue length) of every TCP listener (IPv4 and IPv6) on the target's
+    /// port bound to its address or to the wildcard.
+    pub fn read(&self) -> std::io::Result<Vec<(u32, u32)>> {
+        let mut found = Vec::new();
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            self.dump(family as u8, &mut found)?;
+        }
+        Ok(found)
+    }
+
+    /// The fewest free places in any of the port's accept queues (a new connection may
+    /// land in any of them); `None` if no listener on the port is visible.
+    pub fn room(&self) -> Option<u32> {
+        let queues = self.read().ok()?;
+        queues
+            .iter()
+            .map(|&(waiting, len)| len.saturating_sub(waiting))
+            .min()
+    }
+
+    /// Whether a listener bound to `src` (as sock_diag gives it, network byte order)
+    /// takes connections to the target's address.
+    fn reaches(&self, family: u8, src: &[u32; 4]) -> bool {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let mut bytes = [0u8; 16];
+        for (chunk, word) in bytes.chunks_mut(4).zip(src) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        let bound = if i32::from(family) == libc::AF_INET {
+            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+        } else {
+            let v6 = Ipv6Addr::from(bytes);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        };
+        bound.is_unspecified() || bound == self.target.ip().to_canonical()
+    }
+
+    fn dump(&self, family: u8, found: &mut Vec<(u32, u32)>) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let request = DiagRequest {
+            header: libc::nlmsghdr {
+                nlmsg_len: std::mem::size_of::<DiagRequest>() as u32,
+                nlmsg_type: SOCK_DIAG_BY_FAMILY,
+                nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+                nlmsg_seq: 1,
+                nlmsg_pid: 0,
+            },
+            body: InetDiagReqV2 {
+                family,
+                protocol: libc::IPPROTO_TCP as u8,
+                states: 1 << TCP_LISTEN,
+                ..InetDiagReqV2::default()
+            },
+        };
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: sending a fully initialised repr(C) struct of the stated size.
+        let sent = unsafe {
+            libc::send(
+                fd,
+                (&request as *const DiagRequest).cast(),
+                std::mem::size_of::<DiagRequest>(),
+                0,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; 32 * 1024];
+        let header = std::mem::size_of::<libc::nlmsghdr>();
+        loop {
+            // SAFETY: recv writes at most buf.len() bytes into buf.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let mut at = 0usize;
+            let n = n as usize;
+            while at + header <= n {
+                // SAFETY: at + header <= n bytes were received; read_unaligned copies.
+                let h: libc::nlmsghdr =
+                    unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+                let len = h.nlmsg_len as usize;
+                if len < header || at + len > n {
+                    return Err(std::io::Error::other("sock_diag: a truncated reply"));
+                }
+                match h.nlmsg_type as libc::c_int {
+                    libc::NLMSG_DONE => return Ok(()),
+                    libc::NLMSG_ERROR => {
+                        // The error code follows the header (negative errno).
+                        let code: i32 = if len >= header + 4 {
+                            // SAFETY: 4 bytes inside the message.
+                            unsafe { std::ptr::read_unaligned(buf[at + header..].as_ptr().cast()) }
+                        } else {
+                            0
+                        };
+                        if code == 0 {
+                            return Ok(());
+                        }
+                        return Err(std::io::Error::from_raw_os_error(-code));
+                    }
+                    _ if len >= header + std::mem::size_of::<InetDiagMsg>() => {
+                        // SAFETY: the message holds a whole inet_diag_msg.
+                        let m: InetDiagMsg =
+                            unsafe { std::ptr::read_unaligned(buf[at + header..].as_ptr().cast()) };
+                        if u16::from_be(m.id.sport) == self.target.port()
+                            && u32::from(m.state) == TCP_LISTEN
+                            && self.reaches(family, &m.id.src)
+                        {
+                            found.push((m.rqueue, m.wqueue));
+                        }
+                    }
+                    _ => {}
+                }
+                at += len.next_multiple_of(4);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +628,61 @@ mod tests {
         let tree = tree_stat(std::process::id()).unwrap();
         assert!(tree.rss_bytes >= me.rss_bytes);
         assert!(tree.context_switches > 0);
+    }
+
+    #[test]
+    fn tree_memory_counts_this_process() {
+        let me = std::process::id();
+        let t = tree_memory(me).expect("own tree");
+        assert!(t.processes >= 1 && t.threads >= 1);
+        assert!(t.rss_bytes > 0);
+        // PSS never exceeds RSS (shared pages are split, never added).
+        if let (Some(pss), Some(private)) = (t.pss_bytes, t.private_bytes) {
+            assert!(private <= pss && pss <= t.rss_bytes, "{t:?}");
+            assert!(private > 0, "{t:?}");
+        }
+        assert_eq!(descendants(me)[0], me);
+    }
+
+    #[test]
+    fn kernel_memory_is_read() {
+        let k = KernelMemory::read().expect("/proc/meminfo and /proc/net/sockstat");
+        assert!(
+            k.slab_bytes >= k.sunreclaim_bytes && k.sunreclaim_bytes > 0,
+            "{k:?}"
+        );
+        assert!(k.mem_available_bytes > 0);
+        assert!(listen_overflows().is_some());
+    }
+
+    /// sock_diag sees a listener's accept queue fill as clients connect that nobody
+    /// accepts, and its length as given to listen().
+    #[test]
+    fn accept_queue_is_read_from_the_kernel() {
+        let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        listener.bind(&any.into()).unwrap();
+        listener.listen(7).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let queues = AcceptQueues::new(addr).expect("netlink");
+        assert_eq!(queues.read().unwrap(), vec![(0, 7)]);
+        // Another address on the same port reaches another listener, not this one.
+        let elsewhere = std::net::SocketAddr::new([127, 0, 0, 2].into(), addr.port());
+        assert_eq!(AcceptQueues::new(elsewhere).unwrap().room(), None);
+        let clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        // The handshake ends in the kernel; wait (bounded) for it to queue all three.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while queues.read().unwrap() != vec![(3, 7)] && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(queues.read().unwrap(), vec![(3, 7)]);
+        assert_eq!(queues.room(), Some(4));
+        drop(clients);
+        drop(listener);
+        assert_eq!(queues.room(), None, "no listener left on the port");
     }
 
     #[test]

@@ -367,6 +367,7 @@ pub fn merge_hold(reports: &[(String, HoldMerge)]) -> Result<HoldMerge, MergeErr
     out.interrupted = false;
     out.source_addrs = 0;
     out.fd_limit = 0;
+    out.processes = 0;
     out.open_secs = 0.0;
     out.held_secs = f64::INFINITY;
     out.duration_secs = 0.0;
@@ -391,6 +392,7 @@ pub fn merge_hold(reports: &[(String, HoldMerge)]) -> Result<HoldMerge, MergeErr
         out.interrupted |= r.interrupted; // one agent stopped early: so did the whole
         out.source_addrs += r.source_addrs;
         out.fd_limit += r.fd_limit;
+        out.processes += r.processes.max(1);
         out.open_secs = out.open_secs.max(r.open_secs);
         out.held_secs = out.held_secs.min(r.held_secs);
         out.duration_secs = out.duration_secs.max(r.duration_secs);
@@ -429,9 +431,23 @@ pub fn merge_hold(reports: &[(String, HoldMerge)]) -> Result<HoldMerge, MergeErr
     out.rtt_errors = errors;
     out.rtt_us = rtt_of(&rtt);
     out.histogram = encode_histogram(&rtt);
+    out.open_per_sec = if out.open_secs > 0.0 {
+        out.opened as f64 / out.open_secs
+    } else {
+        0.0
+    };
     // One view of the server is a fact; several are one server seen several times.
     out.server = match views {
         1 => reports.iter().find_map(|(_, m)| m.report.server.clone()),
+        _ => None,
+    };
+    // The kernel's memory is the machine's: the same rule.
+    let kernels: Vec<_> = reports
+        .iter()
+        .filter_map(|(_, m)| m.report.kernel.clone())
+        .collect();
+    out.kernel = match kernels.len() {
+        1 => kernels.into_iter().next(),
         _ => None,
     };
     if views > 1 {
@@ -640,8 +656,11 @@ mod tests {
             held_secs: window.1 - window.0 - 1.0,
             source_addrs: 1,
             fd_limit: 1024,
+            processes: 1,
+            open_per_sec: (conns as u64 - refused) as f64 / 0.5,
             rtt_us: rtt_of(&h),
             server: None,
+            kernel: None,
             window_start_unix: window.0,
             window_end_unix: window.1,
             start_late_secs: None,
@@ -666,10 +685,17 @@ mod tests {
             pid,
             rss_before_bytes: 1_000_000,
             rss_holding_bytes: 3_000_000,
+            pss_before_bytes: None,
+            pss_holding_bytes: None,
+            private_before_bytes: None,
+            private_holding_bytes: None,
+            memory: "rss".into(),
             threads_before: 1,
             threads_holding: 1,
             children_before: 0,
             children_holding: 0,
+            processes_before: 1,
+            processes_holding: 1,
         }
     }
 
