@@ -9,7 +9,11 @@
 //! client looks like the size of a whole process. PSS (`Pss:` in
 //! `/proc/PID/smaps_rollup`) charges each process 1/N of a page shared by N: summed
 //! over a tree it is what the tree really costs. Reading it walks every mapping, so it
-//! is taken only when asked for.
+//! is taken only when asked for. Private memory (`Private_Clean` + `Private_Dirty`)
+//! comes from the same read: a process's PSS also moves when *other* processes map or
+//! unmap the pages it shares with them (libc's, say), while its private memory moves
+//! only with what it does itself, so the growth of what a connection costs
+//! (`concur hold --server-pid`) is read there.
 
 use crate::sys::{self, CpuTime};
 
@@ -22,6 +26,8 @@ pub struct TreeSample {
     pub rss_bytes: u64,
     /// PSS summed over the tree, when asked for and the kernel has smaps_rollup (4.14+).
     pub pss_bytes: Option<u64>,
+    /// Private pages summed over the tree, read alongside PSS.
+    pub private_bytes: Option<u64>,
     pub threads: u64,
     pub context_switches: u64,
     /// Live processes below the root (children, grandchildren...).
@@ -31,11 +37,14 @@ pub struct TreeSample {
 /// Every live process below `pid`, parents before their children.
 pub fn descendants(pid: u32) -> Vec<u32> {
     let mut found = Vec::new();
+    // A server that forks per client can have ten thousand children: look them up in
+    // a set, not the list.
+    let mut seen = std::collections::HashSet::from([pid]);
     let mut next = 0;
     let mut current = pid;
     loop {
         for kid in sys::children(current) {
-            if kid != pid && !found.contains(&kid) {
+            if seen.insert(kid) {
                 found.push(kid);
             }
         }
@@ -47,24 +56,44 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     }
 }
 
-/// PSS of one process in bytes, from `/proc/PID/smaps_rollup`.
-pub fn pss_bytes(pid: u32) -> Option<u64> {
+/// One process's `/proc/PID/smaps_rollup`, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollup {
+    pub pss: u64,
+    /// `Private_Clean` + `Private_Dirty`.
+    pub private: u64,
+}
+
+/// PSS and private memory of one process; `None` if it is gone, the kernel is older
+/// than 4.14, or it is another user's.
+pub fn smaps_rollup(pid: u32) -> Option<Rollup> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    parse_pss_kb(&text).map(|kb| kb * 1024)
+    parse_rollup(&text)
 }
 
-fn parse_pss_kb(smaps_rollup: &str) -> Option<u64> {
-    smaps_rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+fn parse_rollup(smaps_rollup: &str) -> Option<Rollup> {
+    let kb = |key: &str| {
+        smaps_rollup.lines().find_map(|l| {
+            l.strip_prefix(key)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    Some(Rollup {
+        pss: kb("Pss:")? * 1024,
+        private: (kb("Private_Clean:")? + kb("Private_Dirty:")?) * 1024,
+    })
 }
 
-/// Read `pid` and every process below it; `None` if `pid` is gone. With `pss`, PSS is
-/// summed too (`None` in the sample if any process's could not be read).
+/// Read `pid` and every process below it; `None` if `pid` is gone. With `pss`, PSS and
+/// private memory are summed too (`None` in the sample if any process's could not be
+/// read: a sum over part of the tree is no total).
 pub fn sample(pid: u32, pss: bool) -> Option<TreeSample> {
     let mut tree = TreeSample {
         pss_bytes: pss.then_some(0),
+        private_bytes: pss.then_some(0),
         ..TreeSample::default()
     };
     let mut add = |p: u32| -> bool {
@@ -76,11 +105,10 @@ pub fn sample(pid: u32, pss: bool) -> Option<TreeSample> {
         tree.rss_bytes += s.rss_bytes;
         tree.threads += s.threads;
         tree.context_switches += s.context_switches;
-        if let Some(total) = tree.pss_bytes.as_mut() {
-            match pss_bytes(p) {
-                Some(b) => *total += b,
-                None => tree.pss_bytes = None,
-            }
+        if pss {
+            let r = smaps_rollup(p);
+            tree.pss_bytes = tree.pss_bytes.zip(r).map(|(t, r)| t + r.pss);
+            tree.private_bytes = tree.private_bytes.zip(r).map(|(t, r)| t + r.private);
         }
         true
     };
@@ -137,7 +165,10 @@ mod tests {
         assert!(t.rss_bytes > 0);
         if std::path::Path::new(&format!("/proc/{pid}/smaps_rollup")).exists() {
             let pss = t.pss_bytes.expect("pss read");
-            assert!(pss > 0 && pss <= t.rss_bytes, "{t:?}");
+            let private = t.private_bytes.expect("private read");
+            // PSS never exceeds RSS (shared pages are split, never added), and private
+            // pages are part of PSS.
+            assert!(0 < private && private <= pss && pss <= t.rss_bytes, "{t:?}");
         }
         for s in sleepers {
             // SAFETY: our own descendants.
@@ -148,9 +179,13 @@ mod tests {
     }
 
     #[test]
-    fn pss_line_is_parsed() {
-        let text = "55d0-7ffc ---p 00000000 00:00 0 [rollup]\nRss:  1204 kB\nPss:  311 kB\nPss_Anon: 100 kB\n";
-        assert_eq!(parse_pss_kb(text), Some(311));
-        assert_eq!(parse_pss_kb("Rss: 1 kB\n"), None);
+    fn rollup_is_parsed() {
+        let text = "55d0-7ffc ---p 00000000 00:00 0 [rollup]\nRss:  1204 kB\nPss:  311 kB\nPss_Anon: 100 kB\nPrivate_Clean: 8 kB\nPrivate_Dirty: 200 kB\n";
+        let want = Rollup {
+            pss: 311 * 1024,
+            private: 208 * 1024,
+        };
+        assert_eq!(parse_rollup(text), Some(want));
+        assert_eq!(parse_rollup("Rss: 1 kB\nPss: 3 kB\n"), None);
     }
 }

@@ -105,44 +105,6 @@ fn context_switches(pid: u32) -> u64 {
     total
 }
 
-/// A server and its live child processes (prefork workers, per-client children) as one.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct TreeStat {
-    /// CPU of the process, its live children, and the children it has reaped.
-    pub cpu: CpuTime,
-    /// RSS summed over the process and its children (shared pages count once per process).
-    pub rss_bytes: u64,
-    pub threads: u64,
-    pub context_switches: u64,
-    pub children: u64,
-}
-
-/// Read `pid` and its live children. `None` if `pid` is gone.
-pub fn tree_stat(pid: u32) -> Option<TreeStat> {
-    let top = proc_stat(pid)?;
-    let mut t = TreeStat {
-        cpu: CpuTime {
-            user: top.cpu.user + top.reaped_children_cpu.user,
-            system: top.cpu.system + top.reaped_children_cpu.system,
-        },
-        rss_bytes: top.rss_bytes,
-        threads: top.threads,
-        context_switches: top.context_switches,
-        children: 0,
-    };
-    for kid in children(pid) {
-        if let Some(k) = proc_stat(kid) {
-            t.cpu.user += k.cpu.user + k.reaped_children_cpu.user;
-            t.cpu.system += k.cpu.system + k.reaped_children_cpu.system;
-            t.rss_bytes += k.rss_bytes;
-            t.threads += k.threads;
-            t.context_switches += k.context_switches;
-            t.children += 1;
-        }
-    }
-    Some(t)
-}
-
 /// Child processes of `pid` (from /proc/PID/task/*/children).
 pub fn children(pid: u32) -> Vec<u32> {
     let mut kids = Vec::new();
@@ -254,86 +216,6 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
         }
     }
     Ok(lim.rlim_cur)
-}
-
-/// A process and all its descendants, as memory: what a forking server (prefork,
-/// `reuseport --fork`, a process per client) really costs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TreeMemory {
-    /// The process and its live descendants.
-    pub processes: usize,
-    pub threads: u64,
-    /// RSS summed: a page shared by two processes (the code, copy-on-write memory
-    /// inherited at fork) counts twice.
-    pub rss_bytes: u64,
-    /// PSS summed (`/proc/PID/smaps_rollup`): a page shared by k processes counts
-    /// 1/k in each, so the sum is what the tree costs the machine. `None` when any
-    /// process's smaps_rollup could not be read (an old kernel, another user's
-    /// process).
-    pub pss_bytes: Option<u64>,
-    /// Private pages summed (`Private_Clean` + `Private_Dirty`): what no other process
-    /// shares. A process's PSS also moves when *other* processes map or unmap the
-    /// pages it shares with them (libc's, say), while its private memory moves only
-    /// with what it does itself; so the growth of what a connection costs is read
-    /// here.
-    pub private_bytes: Option<u64>,
-}
-
-/// (PSS, private) of `pid` in bytes, from /proc/PID/smaps_rollup.
-pub fn smaps_rollup(pid: u32) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let kb = |key: &str| {
-        text.lines().find_map(|l| {
-            l.strip_prefix(key)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-    };
-    let pss = kb("Pss:")?;
-    let private = kb("Private_Clean:")? + kb("Private_Dirty:")?;
-    Some((pss * 1024, private * 1024))
-}
-
-/// `pid` and every live descendant (children, their children, ...), `pid` first.
-pub fn descendants(pid: u32) -> Vec<u32> {
-    let mut all = vec![pid];
-    let mut i = 0;
-    while i < all.len() {
-        for kid in children(all[i]) {
-            if !all.contains(&kid) {
-                all.push(kid);
-            }
-        }
-        i += 1;
-    }
-    all
-}
-
-/// Memory of `pid`'s whole process tree. `None` if `pid` is gone.
-pub fn tree_memory(pid: u32) -> Option<TreeMemory> {
-    let top = proc_stat(pid)?;
-    let rollup = smaps_rollup(pid);
-    let mut t = TreeMemory {
-        processes: 1,
-        threads: top.threads,
-        rss_bytes: top.rss_bytes,
-        pss_bytes: rollup.map(|r| r.0),
-        private_bytes: rollup.map(|r| r.1),
-    };
-    for p in descendants(pid).into_iter().skip(1) {
-        // A process that exits between the listing and the read is not counted.
-        let Some(s) = proc_stat(p) else { continue };
-        t.processes += 1;
-        t.threads += s.threads;
-        t.rss_bytes += s.rss_bytes;
-        let rollup = smaps_rollup(p);
-        t.pss_bytes = t.pss_bytes.zip(rollup).map(|(a, r)| a + r.0);
-        t.private_bytes = t.private_bytes.zip(rollup).map(|(a, r)| a + r.1);
-    }
-    Some(t)
 }
 
 /// The kernel's memory as the whole machine sees it: what sockets cost lives here,
@@ -625,23 +507,7 @@ mod tests {
         assert!(me.rss_bytes > 0);
         assert!(me.threads >= 1);
         assert!(open_fds(std::process::id()).unwrap() >= 3);
-        let tree = tree_stat(std::process::id()).unwrap();
-        assert!(tree.rss_bytes >= me.rss_bytes);
-        assert!(tree.context_switches > 0);
-    }
-
-    #[test]
-    fn tree_memory_counts_this_process() {
-        let me = std::process::id();
-        let t = tree_memory(me).expect("own tree");
-        assert!(t.processes >= 1 && t.threads >= 1);
-        assert!(t.rss_bytes > 0);
-        // PSS never exceeds RSS (shared pages are split, never added).
-        if let (Some(pss), Some(private)) = (t.pss_bytes, t.private_bytes) {
-            assert!(private <= pss && pss <= t.rss_bytes, "{t:?}");
-            assert!(private > 0, "{t:?}");
-        }
-        assert_eq!(descendants(me)[0], me);
+        assert!(me.context_switches > 0);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 
 use super::report::{KernelStats, ServerStats};
 use crate::error::bad_input;
-use crate::sys::{KernelMemory, TreeMemory};
+use crate::proctree::{self, TreeSample};
+use crate::sys::KernelMemory;
 use anyhow::Result;
 
 /// The kernel's memory for one held connection on loopback, both ends (the client's
@@ -71,13 +72,13 @@ pub fn check_memory(conns: usize, local: bool) -> Result<()> {
 /// The server's process tree, read before opening and (peak) while holding.
 pub struct ServerWatch {
     pid: u32,
-    before: (TreeMemory, usize),
-    peak: (TreeMemory, usize),
+    before: (TreeSample, usize),
+    peak: (TreeSample, usize),
 }
 
-fn server_sample(pid: u32) -> Option<(TreeMemory, usize)> {
+fn server_sample(pid: u32) -> Option<(TreeSample, usize)> {
     Some((
-        crate::sys::tree_memory(pid)?,
+        proctree::sample(pid, true)?,
         crate::sys::children(pid).len(),
     ))
 }
@@ -99,7 +100,7 @@ impl ServerWatch {
     pub fn sample(&mut self) {
         if let Some((t, kids)) = server_sample(self.pid) {
             let p = &mut self.peak;
-            p.0.processes = p.0.processes.max(t.processes);
+            p.0.descendants = p.0.descendants.max(t.descendants);
             p.0.threads = p.0.threads.max(t.threads);
             p.0.rss_bytes = p.0.rss_bytes.max(t.rss_bytes);
             // PSS only if every reading had it: a peak of part of the tree is no peak.
@@ -131,8 +132,8 @@ impl ServerWatch {
             threads_holding: p.0.threads,
             children_before: b.1,
             children_holding: p.1,
-            processes_before: b.0.processes,
-            processes_holding: p.0.processes,
+            processes_before: b.0.descendants as usize + 1,
+            processes_holding: p.0.descendants as usize + 1,
         }
     }
 }
