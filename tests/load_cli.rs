@@ -1,6 +1,7 @@
 //! `concur load` as a script sees it: JSON keys, exit statuses, one-line errors.
 
 mod common;
+mod serve_harness;
 
 use common::{Fault, echo, fib, serve};
 use std::process::Command;
@@ -85,8 +86,65 @@ fn mismatch_exits_one_and_says_where() {
         "10",
     ]);
     assert_eq!(code, 1);
+    // Every third line is "#5": the server's line is shown, then where it went wrong.
     assert!(
-        out.contains("first mismatch: conn 0 request 2 offset 6"),
+        out.contains(
+            "first mismatch: server answered \"#5\" at offset 6, conn 0 \
+             (request 2: expected '5', got '#' at offset 6)"
+        ),
+        "{out}"
+    );
+}
+
+/// A real fib server asked fib(43), above its default --max-n 42, answers an error
+/// line; the report shows that line (text and JSON), not just its first byte. So does
+/// an echo client sent to the fib server by mistake.
+#[test]
+fn a_servers_error_line_is_what_the_mismatch_shows() {
+    let server = serve_harness::Server::start("epoll", "fib", &[]);
+    let addr = server.addr.to_string();
+    let load = ["load", "--addr", &addr, "--conns", "2", "--requests", "10"];
+    let fib43 = ["--service", "fib", "--n", "43"];
+    let (code, out, err) = concur(&[&load[..], &fib43].concat());
+    assert_eq!(code, 1, "{err}");
+    let first_digit = concur::fib::exact(43).to_string().as_bytes()[0];
+    let want = format!(
+        "server answered \"ERR n out of range 0..=42\" at offset 0, conn 0 \
+         (request 0: expected '{}', got 'E' at offset 0)",
+        first_digit as char
+    );
+    assert!(out.contains(&format!("first mismatch: {want}")), "{out}");
+    assert!(
+        out.contains("errors: refused 0  timeout 0  mismatch 2"),
+        "{out}"
+    );
+
+    let (code, out, err) = concur(&[&load[..], &fib43, &["--json"]].concat());
+    assert_eq!(code, 1, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    let m = &v["first_mismatch"];
+    assert_eq!(m["received"], "ERR n out of range 0..=42", "{v}");
+    assert_eq!(
+        (m["received_offset"].as_u64(), m["offset"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(m["got"].as_u64(), Some(u64::from(b'E')), "{v}");
+    assert_eq!(m["expected"].as_u64(), Some(u64::from(first_digit)), "{v}");
+    let r: concur::load::LoadReport = serde_json::from_str(&out).expect("reads back");
+    assert_eq!(
+        r.first_mismatch.and_then(|m| m.received).as_deref(),
+        Some("ERR n out of range 0..=42")
+    );
+
+    // An echo client's 65-byte payload is past the fib server's 64-byte request bound.
+    let (code, out, err) = concur(&[&load[..], &["--service", "echo", "--size", "65"]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        out.contains("first mismatch: server answered \"ERR request too long\" at offset 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("(request 0: expected 'R', got 'E' at offset 0)"),
         "{out}"
     );
 }

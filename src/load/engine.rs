@@ -32,6 +32,13 @@
 //! bursts rather than one wake-up per request. Timeouts are checked by a sweep a few
 //! times per `--timeout`.
 //!
+//! A connection whose reply goes wrong is given up at once (its requests count as
+//! failed), but the thread's first one stays open for reading only, until the
+//! server's line around the bad byte is whole ([`super::verify::Line`]): an `ERR`
+//! line says more than its first byte. Its rest is read while the run goes on; once
+//! the run ends it gets at most [`LINE_WAIT`] more (a line cut between two reads
+//! arrives at once), and whatever came is what the report shows.
+//!
 //! Where the floor is: on loopback the kernel's TCP work is about 90% of this
 //! client's CPU and is the same work any server does for its side of each request
 //! (one receive, one send), so the client can at best match a minimal epoll server
@@ -41,7 +48,7 @@ use super::report::{
     CpuReport, CpuUse, ErrorCounts, FirstMismatch, HeavyReport, Latency, LoadReport,
     encode_histogram, histogram,
 };
-use super::verify::{EchoVerifier, FibVerifier, PayloadPool, Verifier};
+use super::verify::{EchoVerifier, FibVerifier, Mismatch, PayloadPool, Verifier};
 use super::{LoadConfig, Service};
 use crate::sys::CpuTime;
 use anyhow::Result;
@@ -59,6 +66,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Read buffer per thread.
 const READ_BUF: usize = 64 * 1024;
+
+/// After the run, how long the first mismatch's line may still take to arrive whole
+/// (at most `--timeout`). A server sends a line in one write; its end comes in the
+/// same breath or not at all.
+const LINE_WAIT: Duration = Duration::from_millis(200);
 
 /// What every thread shares, read-only.
 struct Plan {
@@ -535,6 +547,17 @@ struct Loop<'a> {
     /// Connections read in this wake-up, to be refilled together after it.
     answered: Vec<usize>,
     light_inflight: usize,
+    /// This thread's first mismatch, while the rest of its line is read.
+    capture: Option<Capture>,
+}
+
+/// The first mismatch of a thread and, until its line is whole, the connection it
+/// came on (given up, but still registered under its token, for reading only).
+struct Capture {
+    token: usize,
+    conn: usize,
+    stream: Option<TcpStream>,
+    mismatch: Mismatch,
 }
 
 /// When the run started, on the one clock every thread shares, and when it must end.
@@ -667,6 +690,7 @@ fn run_thread(plan: &Plan, mine: &[usize], gate: &Gate) -> Result<Tally> {
         live_light,
         answered: Vec::new(),
         light_inflight: 0,
+        capture: None,
     };
     lp.run(start)?;
     Ok(lp.tally)
@@ -727,6 +751,9 @@ impl Loop<'_> {
                     continue;
                 }
                 if self.conns[i].stream.is_none() {
+                    if self.capture.as_ref().is_some_and(|c| c.token == i) {
+                        self.read_capture();
+                    }
                     continue;
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -760,7 +787,67 @@ impl Loop<'_> {
         // What is still in flight is neither verified nor failed: count it, so that
         // sent = ok + failed + unfinished holds exactly.
         self.tally.unfinished = self.light_inflight as u64;
+        self.finish_capture(&mut events);
         Ok(())
+    }
+
+    /// Read what came on the first mismatch's connection into its line; close the
+    /// connection once the line is done, or the server closed it or failed.
+    fn read_capture(&mut self) {
+        let Some(cap) = &mut self.capture else { return };
+        let Some(stream) = &mut cap.stream else {
+            return;
+        };
+        let done = loop {
+            match recv(stream, &mut self.buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    self.tally.bytes_received += n as u64;
+                    if cap.mismatch.line.more(&self.buf[..n]) {
+                        break true;
+                    }
+                    if n < self.buf.len() {
+                        break false;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break true,
+            }
+        };
+        if done && let Some(mut s) = cap.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+    }
+
+    /// The run is over: give the first mismatch's line at most [`LINE_WAIT`] more
+    /// (bounded by `--timeout` and Ctrl-C) to arrive whole, then record it.
+    fn finish_capture(&mut self, events: &mut Events) {
+        let until = Instant::now() + LINE_WAIT.min(self.plan.timeout);
+        while self.capture.as_ref().is_some_and(|c| c.stream.is_some()) {
+            let now = Instant::now();
+            if now >= until || crate::interrupt::requested() {
+                break;
+            }
+            let wait = (until - now).min(Duration::from_millis(100));
+            match self.poll.poll(events, Some(wait)) {
+                Ok(()) => self.read_capture(),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if let Some(cap) = self.capture.take() {
+            let m = cap.mismatch;
+            self.tally.first_mismatch = Some(FirstMismatch {
+                conn: cap.conn,
+                request: m.request,
+                offset: m.offset,
+                expected: m.expected,
+                got: m.got,
+                received: Some(m.line.escaped()),
+                received_offset: m.line.offset,
+            });
+        }
     }
 
     /// Open loop: send every request that is due; return the next due time.
@@ -900,13 +987,15 @@ impl Loop<'_> {
                     }
                 }
                 Err(m) => {
-                    if self.tally.first_mismatch.is_none() {
-                        self.tally.first_mismatch = Some(FirstMismatch {
+                    if self.capture.is_none() {
+                        // Keep the connection (for reading only) until the server's
+                        // line is whole; `fail` closes only what it still holds.
+                        let stream = if m.line.done() { None } else { c.stream.take() };
+                        self.capture = Some(Capture {
+                            token: i,
                             conn: c.index,
-                            request: m.request,
-                            offset: m.offset,
-                            expected: m.expected,
-                            got: m.got,
+                            stream,
+                            mismatch: m,
                         });
                     }
                     self.fail(i, Fail::Mismatch);

@@ -108,6 +108,15 @@ pub struct FirstMismatch {
     pub expected: Option<u8>,
     /// The byte received.
     pub got: u8,
+    /// What the server sent there, escaped (`\n`, `\"`, `\xff`...): its line (fib) or
+    /// reply (echo) from the start (at most 100 bytes before the bad byte) to the
+    /// newline that ends it, at most 200 bytes, e.g. `ERR n out of range 0..=42`.
+    /// Absent from reports written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<String>,
+    /// The offset in the reply stream where `received` starts.
+    #[serde(default)]
+    pub received_offset: u64,
 }
 
 /// Latency percentiles in microseconds.
@@ -320,16 +329,30 @@ pub fn render(r: &LoadReport) -> String {
     }
     if let Some(m) = &r.first_mismatch {
         let byte = |b: u8| std::ascii::escape_default(b).to_string();
-        let _ = writeln!(
-            out,
-            "first mismatch: conn {} request {} offset {}: expected {}, got '{}'",
-            m.conn,
-            m.request,
-            m.offset,
-            m.expected
-                .map_or("end of reply".to_string(), |b| format!("'{}'", byte(b))),
-            byte(m.got)
-        );
+        let expected = m
+            .expected
+            .map_or("end of reply".to_string(), |b| format!("'{}'", byte(b)));
+        let _ = match &m.received {
+            // The server's own words first: an `ERR` line explains itself.
+            Some(line) => writeln!(
+                out,
+                "first mismatch: server answered \"{line}\" at offset {}, conn {} \
+                 (request {}: expected {expected}, got '{}' at offset {})",
+                m.received_offset,
+                m.conn,
+                m.request,
+                byte(m.got),
+                m.offset
+            ),
+            None => writeln!(
+                out,
+                "first mismatch: conn {} request {} offset {}: expected {expected}, got '{}'",
+                m.conn,
+                m.request,
+                m.offset,
+                byte(m.got)
+            ),
+        };
     }
     if r.requests_ok > 0 {
         lat_row(&mut out, "latency", &r.latency_us);
