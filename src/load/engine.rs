@@ -177,7 +177,10 @@ struct Tally {
     first_mismatch: Option<FirstMismatch>,
     bytes_sent: u64,
     bytes_received: u64,
-    elapsed: Duration,
+    /// From the start to the end of the run, and to the last verified reply.
+    run: Duration,
+    answered: Duration,
+    last_reply: Option<Instant>,
 }
 
 /// Run the whole load test: connect, run every thread's loop, merge.
@@ -312,7 +315,7 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
     let (mut ok, mut heavy_ok, mut sent, mut received) = (0, 0, 0, 0);
     let (mut issued, mut failed, mut unfinished) = (0, 0, 0);
     let mut first_mismatch = None;
-    let mut elapsed = Duration::ZERO;
+    let (mut run, mut answered) = (Duration::ZERO, Duration::ZERO);
     for t in tallies {
         let _ = light.add(&t.light);
         let _ = heavy.add(&t.heavy);
@@ -325,9 +328,12 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
         sent += t.bytes_sent;
         received += t.bytes_received;
         first_mismatch = first_mismatch.or(t.first_mismatch);
-        elapsed = elapsed.max(t.elapsed);
+        run = run.max(t.run);
+        answered = answered.max(t.answered);
     }
-    let secs = elapsed.as_secs_f64().max(1e-9);
+    // The rates are over the time the server answered (see `report`'s module doc).
+    let secs = answered.as_secs_f64();
+    let per_sec = |x: u64| if secs > 0.0 { x as f64 / secs } else { 0.0 };
     let window_start_unix = wall_start
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -349,7 +355,8 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
         threads: config.threads,
         pipeline: config.pipeline,
         rate: config.rate,
-        elapsed_secs: elapsed.as_secs_f64(),
+        elapsed_secs: secs,
+        run_secs: Some(run.as_secs_f64()),
         requests_ok: ok,
         requests_sent: issued,
         requests_failed: failed,
@@ -357,8 +364,8 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
         errors_total: errors.total(),
         errors,
         first_mismatch,
-        req_per_s: ok as f64 / secs,
-        mb_per_s: received as f64 / secs / 1e6,
+        req_per_s: per_sec(ok),
+        mb_per_s: per_sec(received) / 1e6,
         bytes_sent: sent,
         bytes_received: received,
         latency_us: Latency::from_histogram(&light),
@@ -370,7 +377,8 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
             histogram: encode_histogram(&heavy),
         }),
         window_start_unix,
-        window_end_unix: window_start_unix + elapsed.as_secs_f64(),
+        window_end_unix: window_start_unix + secs,
+        run_end_unix: Some(window_start_unix + run.as_secs_f64()),
         start_late_secs: None,
         size,
         n,
@@ -617,7 +625,9 @@ fn run_thread(plan: &Plan, mine: &[usize], gate: &Gate) -> Result<Tally> {
         first_mismatch: None,
         bytes_sent: 0,
         bytes_received: 0,
-        elapsed: Duration::ZERO,
+        run: Duration::ZERO,
+        answered: Duration::ZERO,
+        last_reply: None,
     };
     let poll = match poll {
         Ok(p) => p,
@@ -783,7 +793,11 @@ impl Loop<'_> {
                 reported = self.tally.ok;
             }
         }
-        self.tally.elapsed = start.elapsed();
+        self.tally.run = start.elapsed();
+        self.tally.answered = self
+            .tally
+            .last_reply
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(start));
         // What is still in flight is neither verified nor failed: count it, so that
         // sent = ok + failed + unfinished holds exactly.
         self.tally.unfinished = self.light_inflight as u64;
@@ -984,6 +998,7 @@ impl Loop<'_> {
                     }
                     if done > 0 {
                         c.waiting_since = now;
+                        self.tally.last_reply = Some(now);
                     }
                 }
                 Err(m) => {
