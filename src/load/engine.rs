@@ -392,33 +392,76 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
     }
 }
 
-/// Connect one socket (blocking, bounded by `--timeout`), then make it non-blocking.
-fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Fail> {
-    let stream = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
+/// Connect one socket, bounded by `--timeout`; `Ok(None)` if Ctrl-C came first.
+///
+/// A blocking `connect` cannot be cut short: to an address that never answers the
+/// SYN (a filtered port, a full accept queue) it waits out the kernel's retries, and
+/// a signal handler installed without SA_RESTART does not help, since the standard
+/// library retries on EINTR. So the connect is non-blocking, and this waits for it
+/// in slices of at most 100 ms, looking at the Ctrl-C flag between them, as the load
+/// loops do at each wake-up.
+fn connect(addr: SocketAddr, timeout: Duration) -> Result<Option<TcpStream>, Fail> {
+    let failed = |e: std::io::Error| {
         if e.kind() == ErrorKind::ConnectionRefused {
             Fail::Refused
         } else {
             Fail::Connect
         }
-    })?;
+    };
+    let stream = TcpStream::connect(addr).map_err(failed)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if crate::interrupt::requested() {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Fail::Connect);
+        }
+        // Rounded up: a wait of 0 ms would spin.
+        let slice = (deadline - now).min(Duration::from_millis(100));
+        let ms = slice.as_micros().div_ceil(1000) as libc::c_int;
+        let mut pfd = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for a descriptor this function owns.
+        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if ready < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Fail::Io);
+        }
+        if ready > 0 {
+            break;
+        }
+    }
+    // Writable: the handshake is over, one way or the other.
+    match stream.take_error() {
+        Ok(None) => {}
+        Ok(Some(e)) | Err(e) => return Err(failed(e)),
+    }
+    stream.peer_addr().map_err(failed)?;
     stream.set_nodelay(true).map_err(|_| Fail::Io)?;
     if addr.ip().is_loopback() {
-        cheap_congestion_control(&stream);
+        cheap_congestion_control(stream.as_raw_fd());
     }
-    stream.set_nonblocking(true).map_err(|_| Fail::Io)?;
-    Ok(TcpStream::from_std(stream))
+    Ok(Some(stream))
 }
 
 /// On loopback there is no network to share, so this client's sockets use reno, the
 /// cheapest congestion control, instead of the system default (often bbr, which
 /// timestamps and models every ACK): about 5% less CPU per request, measured. The
 /// server's sockets, and so its work, are unchanged. Failure just keeps the default.
-fn cheap_congestion_control(stream: &std::net::TcpStream) {
+fn cheap_congestion_control(socket: std::os::fd::RawFd) {
     let name = b"reno";
     // SAFETY: a valid socket and a byte string option value of the given length.
     unsafe {
         libc::setsockopt(
-            stream.as_raw_fd(),
+            socket,
             libc::IPPROTO_TCP,
             libc::TCP_CONGESTION,
             name.as_ptr().cast(),
@@ -648,11 +691,16 @@ fn run_thread(plan: &Plan, mine: &[usize], gate: &Gate) -> Result<Tally> {
             (None, true) => Verifier::Fib(FibVerifier::new(plan.heavy_n.unwrap_or(0))),
             (None, false) => Verifier::Fib(FibVerifier::new(plan.light_n)),
         };
-        let mut stream = match connect(plan.addr, plan.timeout) {
-            Ok(s) => Some(s),
-            Err(fail) => {
-                count(&mut tally.errors, fail);
-                None
+        // After Ctrl-C, the connections not yet made are not tried (nor errors).
+        let mut stream = if crate::interrupt::requested() {
+            None
+        } else {
+            match connect(plan.addr, plan.timeout) {
+                Ok(s) => s,
+                Err(fail) => {
+                    count(&mut tally.errors, fail);
+                    None
+                }
             }
         };
         if let Some(s) = &mut stream {
