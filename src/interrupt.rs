@@ -4,7 +4,11 @@
 //! The first SIGINT only raises a flag; every loop of the run checks it at each
 //! wake-up (they wake at least every 100 ms) and stops, and the command prints what
 //! was measured so far, marked interrupted, and exits [`EXIT_CODE`] (128 + SIGINT, as
-//! a shell reports a command Ctrl-C killed). A second SIGINT means "now": the
+//! a shell reports a command Ctrl-C killed). Waits that could outlast that are made
+//! in slices too: `load`'s connects are non-blocking and waited for 100 ms at a time
+//! (a blocking connect to an address that drops SYNs would sit out `--timeout`, and
+//! the standard library retries it on EINTR). A second SIGINT means "now", for
+//! whatever the first cannot stop (a report stuck writing to a full pipe, say): the
 //! handler exits at once with the same status, printing nothing.
 //!
 //! A `concur hold` spread over processes ([`catch_as_child`]) leaves the decision to

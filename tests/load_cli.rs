@@ -1,6 +1,7 @@
 //! `concur load` as a script sees it: JSON keys, exit statuses, one-line errors.
 
 mod common;
+mod serve_harness;
 
 use common::{Fault, echo, fib, serve};
 use std::process::Command;
@@ -37,7 +38,7 @@ fn json_keys_and_exit_zero() {
     for kind in ["refused", "timeout", "mismatch", "closed_early"] {
         assert_eq!(v["errors"][kind], 0, "{kind}");
     }
-    // The rates are the counts over the run's own elapsed time.
+    // The rates are the counts over elapsed_secs, the time the server answered.
     let secs = v["elapsed_secs"].as_f64().unwrap();
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
     let rps = v["req_per_s"].as_f64().unwrap();
@@ -85,8 +86,65 @@ fn mismatch_exits_one_and_says_where() {
         "10",
     ]);
     assert_eq!(code, 1);
+    // Every third line is "#5": the server's line is shown, then where it went wrong.
     assert!(
-        out.contains("first mismatch: conn 0 request 2 offset 6"),
+        out.contains(
+            "first mismatch: server answered \"#5\" at offset 6, conn 0 \
+             (request 2: expected '5', got '#' at offset 6)"
+        ),
+        "{out}"
+    );
+}
+
+/// A real fib server asked fib(43), above its default --max-n 42, answers an error
+/// line; the report shows that line (text and JSON), not just its first byte. So does
+/// an echo client sent to the fib server by mistake.
+#[test]
+fn a_servers_error_line_is_what_the_mismatch_shows() {
+    let server = serve_harness::Server::start("epoll", "fib", &[]);
+    let addr = server.addr.to_string();
+    let load = ["load", "--addr", &addr, "--conns", "2", "--requests", "10"];
+    let fib43 = ["--service", "fib", "--n", "43"];
+    let (code, out, err) = concur(&[&load[..], &fib43].concat());
+    assert_eq!(code, 1, "{err}");
+    let first_digit = concur::fib::exact(43).to_string().as_bytes()[0];
+    let want = format!(
+        "server answered \"ERR n out of range 0..=42\" at offset 0, conn 0 \
+         (request 0: expected '{}', got 'E' at offset 0)",
+        first_digit as char
+    );
+    assert!(out.contains(&format!("first mismatch: {want}")), "{out}");
+    assert!(
+        out.contains("errors: refused 0  timeout 0  mismatch 2"),
+        "{out}"
+    );
+
+    let (code, out, err) = concur(&[&load[..], &fib43, &["--json"]].concat());
+    assert_eq!(code, 1, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    let m = &v["first_mismatch"];
+    assert_eq!(m["received"], "ERR n out of range 0..=42", "{v}");
+    assert_eq!(
+        (m["received_offset"].as_u64(), m["offset"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(m["got"].as_u64(), Some(u64::from(b'E')), "{v}");
+    assert_eq!(m["expected"].as_u64(), Some(u64::from(first_digit)), "{v}");
+    let r: concur::load::LoadReport = serde_json::from_str(&out).expect("reads back");
+    assert_eq!(
+        r.first_mismatch.and_then(|m| m.received).as_deref(),
+        Some("ERR n out of range 0..=42")
+    );
+
+    // An echo client's 65-byte payload is past the fib server's 64-byte request bound.
+    let (code, out, err) = concur(&[&load[..], &["--service", "echo", "--size", "65"]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        out.contains("first mismatch: server answered \"ERR request too long\" at offset 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("(request 0: expected 'R', got 'E' at offset 0)"),
         "{out}"
     );
 }
@@ -332,6 +390,131 @@ fn nothing_measured_prints_no_rates_or_percentiles_and_stops_at_once() {
     assert!(out.contains("failed ECONNREFUSED: 5"), "{out}");
     assert!(out.contains("answered ok 0/5"), "{out}");
     assert!(!out.contains("p50") && !out.contains(" us"), "{out}");
+}
+
+/// A fib server that answers the first `n` requests (over all its connections), then
+/// reads on and answers nothing: a server that hangs mid-run.
+fn answers_then_hangs(n: u64) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let answered = answered.clone();
+            std::thread::spawn(move || {
+                let mut session = fib().session();
+                let mut buf = [0u8; 4096];
+                while let Ok(n_read @ 1..) = stream.read(&mut buf) {
+                    let mut replies = Vec::new();
+                    session.feed(&buf[..n_read], &mut replies);
+                    for line in replies.split_inclusive(|&b| b == b'\n') {
+                        let k = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if k < n && stream.write_all(line).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// When the server stops answering mid-run, the rates are over the time it answered
+/// (first request to last verified reply), not the whole run: req/s is requests ok
+/// over that time, in the JSON and as the table prints it.
+#[test]
+fn rates_are_over_the_time_the_server_answered() {
+    let n = 2000;
+    let addr = answers_then_hangs(n);
+    // The run ends when both connections have timed out, a second after their last
+    // request went unanswered; --duration only guards.
+    let args = [
+        "load",
+        "--addr",
+        &addr,
+        "--service",
+        "fib",
+        "--conns",
+        "2",
+        "--duration",
+        "10m",
+        "--timeout",
+        "1s",
+    ];
+    let guard = std::time::Duration::from_secs(120);
+    let (code, out, err) = concur_within(&[&args[..], &["--json"]].concat(), guard)
+        .expect("load stopped once every connection had timed out");
+    assert_eq!(code, 1, "{err}");
+    let r: concur::load::LoadReport = serde_json::from_str(&out).expect("one report");
+    assert_eq!((r.requests_ok, r.errors.timeout, r.errors_total), (n, 2, 2));
+    assert_eq!((r.requests_failed, r.requests_unfinished), (2, 0));
+    assert_eq!(r.bytes_received, n * "55\n".len() as u64);
+    let (answered, run) = (r.elapsed_secs, r.run_secs.expect("run_secs"));
+    assert!(answered > 0.0 && run > answered, "{r:?}");
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    assert!(close(r.req_per_s, n as f64 / answered), "{r:?}");
+    assert!(
+        close(r.mb_per_s, r.bytes_received as f64 / answered / 1e6),
+        "{r:?}"
+    );
+    // The answered window is elapsed_secs long, the run run_secs (up to f64 rounding
+    // at Unix-time magnitude).
+    let rounding = r.window_start_unix * f64::EPSILON * 4.0;
+    assert!((r.window_end_unix - r.window_start_unix - answered).abs() <= rounding);
+    let run_end = r.run_end_unix.expect("run_end_unix");
+    assert!((run_end - r.window_start_unix - run).abs() <= rounding);
+
+    // The table: the run's length in the heading, then the rate and the time it is
+    // over, which agree as printed (req/s to the unit, seconds to the millisecond).
+    // (A fresh server: the first has answered its share.)
+    let addr = answers_then_hangs(n);
+    let mut args = args;
+    args[2] = &addr;
+    let (code, out, err) = concur_within(&args, guard).expect("load stopped");
+    assert_eq!(code, 1, "{err}");
+    let number_before = |line: &str, unit: &str| -> f64 {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words
+            .iter()
+            .position(|w| *w == unit)
+            .unwrap_or_else(|| panic!("no {unit} in {line:?}"));
+        words[at - 1].parse().expect("a number")
+    };
+    let line = |start: &str| {
+        out.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line {start:?}: {out}"))
+    };
+    let ok = number_before(line("requests ok"), "errors");
+    let rate = number_before(line("requests ok"), "req/s");
+    let over = line("rates over the ");
+    let secs: f64 = over["rates over the ".len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|t| t.parse().ok())
+        .expect("seconds");
+    assert!(over.contains("the server answered"), "{out}");
+    assert_eq!(ok, n as f64, "{out}");
+    let lo = ok / (secs + 0.0005) - 0.5;
+    let hi = if secs > 0.0005 {
+        ok / (secs - 0.0005) + 0.5
+    } else {
+        f64::INFINITY
+    };
+    assert!(
+        lo <= rate && rate <= hi,
+        "{rate} req/s for {ok} in {secs} s: {out}"
+    );
+    let heading = out.lines().next().unwrap();
+    let run: f64 = heading
+        .rsplit('|')
+        .next()
+        .and_then(|t| t.trim().trim_end_matches(" s").parse().ok())
+        .expect("the run's length");
+    assert!(run > secs, "{out}");
 }
 
 /// An open loop far short of --rate says so in one warning line on stderr (and

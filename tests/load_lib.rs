@@ -116,6 +116,8 @@ fn corrupted_fib_byte_is_a_mismatch_at_its_offset() {
         "55\\n is 3 bytes"
     );
     assert_eq!((m.expected, m.got), (Some(b'5'), b'#'));
+    // The server's line: "55" with its first byte replaced.
+    assert_eq!((m.received.as_deref(), m.received_offset), (Some("#5"), 27));
     assert_eq!(r.exit_code(), 1);
 }
 
@@ -132,6 +134,19 @@ fn corrupted_echo_byte_is_a_mismatch_at_its_offset() {
     );
     let m = r.first_mismatch.expect("first mismatch");
     assert_eq!((m.request, m.offset, m.got), (4, 4 * 74 + 37, b'#'));
+    // The server's reply around it, from its prefix (wherever the server's reads
+    // split the stream), with the bad byte where it was.
+    let line = m.received.clone().expect("the server's line");
+    assert!(line.starts_with("Received: "), "{line}");
+    assert!(
+        m.received_offset >= 4 * 74 && m.received_offset < m.offset,
+        "{m:?}"
+    );
+    assert_eq!(
+        line.as_bytes()[(m.offset - m.received_offset) as usize],
+        b'#',
+        "{line}"
+    );
 }
 
 #[test]

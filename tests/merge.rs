@@ -161,12 +161,17 @@ fn start_at_starts_no_earlier_and_agents_with_a_duration_stop_together() {
         assert!((r.window_start_unix - at_secs - late).abs() <= rounding);
         assert!(r.requests_ok > 0);
     }
-    // Both end at the time asked plus the duration (each ends at its first look at
-    // the clock past it), so each one's window overlaps the other's end.
+    // Both runs end at the time asked plus the duration (each at its first look at
+    // the clock past it), so each one's run overlaps the other's end; each answered
+    // window ends with its last verified reply, within its run.
     let (a, b) = (&reports[0], &reports[1]);
-    assert!(a.window_start_unix < b.window_end_unix && b.window_start_unix < a.window_end_unix);
+    let (a_end, b_end) = (a.run_end_unix.unwrap(), b.run_end_unix.unwrap());
+    assert!(a.window_start_unix < b_end && b.window_start_unix < a_end);
     let end = at_secs + 0.3;
-    assert!(a.window_end_unix >= end - 1e-3 && b.window_end_unix >= end - 1e-3);
+    assert!(a_end >= end - 1e-3 && b_end >= end - 1e-3);
+    for r in &reports {
+        assert!(r.window_end_unix <= r.run_end_unix.unwrap(), "{r:?}");
+    }
 
     // hold takes it too, and says how late it started.
     let (code, out, err) = concur(

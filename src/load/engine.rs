@@ -32,6 +32,13 @@
 //! bursts rather than one wake-up per request. Timeouts are checked by a sweep a few
 //! times per `--timeout`.
 //!
+//! A connection whose reply goes wrong is given up at once (its requests count as
+//! failed), but the thread's first one stays open for reading only, until the
+//! server's line around the bad byte is whole ([`super::verify::Line`]): an `ERR`
+//! line says more than its first byte. Its rest is read while the run goes on; once
+//! the run ends it gets at most [`LINE_WAIT`] more (a line cut between two reads
+//! arrives at once), and whatever came is what the report shows.
+//!
 //! Where the floor is: on loopback the kernel's TCP work is about 90% of this
 //! client's CPU and is the same work any server does for its side of each request
 //! (one receive, one send), so the client can at best match a minimal epoll server
@@ -41,7 +48,7 @@ use super::report::{
     CpuReport, CpuUse, ErrorCounts, FirstMismatch, HeavyReport, Latency, LoadReport,
     encode_histogram, histogram,
 };
-use super::verify::{EchoVerifier, FibVerifier, PayloadPool, Verifier};
+use super::verify::{EchoVerifier, FibVerifier, Mismatch, PayloadPool, Verifier};
 use super::{LoadConfig, Service};
 use crate::sys::CpuTime;
 use anyhow::Result;
@@ -59,6 +66,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Read buffer per thread.
 const READ_BUF: usize = 64 * 1024;
+
+/// After the run, how long the first mismatch's line may still take to arrive whole
+/// (at most `--timeout`). A server sends a line in one write; its end comes in the
+/// same breath or not at all.
+const LINE_WAIT: Duration = Duration::from_millis(200);
 
 /// What every thread shares, read-only.
 struct Plan {
@@ -165,7 +177,10 @@ struct Tally {
     first_mismatch: Option<FirstMismatch>,
     bytes_sent: u64,
     bytes_received: u64,
-    elapsed: Duration,
+    /// From the start to the end of the run, and to the last verified reply.
+    run: Duration,
+    answered: Duration,
+    last_reply: Option<Instant>,
 }
 
 /// Run the whole load test: connect, run every thread's loop, merge.
@@ -300,7 +315,7 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
     let (mut ok, mut heavy_ok, mut sent, mut received) = (0, 0, 0, 0);
     let (mut issued, mut failed, mut unfinished) = (0, 0, 0);
     let mut first_mismatch = None;
-    let mut elapsed = Duration::ZERO;
+    let (mut run, mut answered) = (Duration::ZERO, Duration::ZERO);
     for t in tallies {
         let _ = light.add(&t.light);
         let _ = heavy.add(&t.heavy);
@@ -313,9 +328,12 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
         sent += t.bytes_sent;
         received += t.bytes_received;
         first_mismatch = first_mismatch.or(t.first_mismatch);
-        elapsed = elapsed.max(t.elapsed);
+        run = run.max(t.run);
+        answered = answered.max(t.answered);
     }
-    let secs = elapsed.as_secs_f64().max(1e-9);
+    // The rates are over the time the server answered (see `report`'s module doc).
+    let secs = answered.as_secs_f64();
+    let per_sec = |x: u64| if secs > 0.0 { x as f64 / secs } else { 0.0 };
     let window_start_unix = wall_start
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -337,7 +355,8 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
         threads: config.threads,
         pipeline: config.pipeline,
         rate: config.rate,
-        elapsed_secs: elapsed.as_secs_f64(),
+        elapsed_secs: secs,
+        run_secs: Some(run.as_secs_f64()),
         requests_ok: ok,
         requests_sent: issued,
         requests_failed: failed,
@@ -345,8 +364,8 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
         errors_total: errors.total(),
         errors,
         first_mismatch,
-        req_per_s: ok as f64 / secs,
-        mb_per_s: received as f64 / secs / 1e6,
+        req_per_s: per_sec(ok),
+        mb_per_s: per_sec(received) / 1e6,
         bytes_sent: sent,
         bytes_received: received,
         latency_us: Latency::from_histogram(&light),
@@ -358,7 +377,8 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
             histogram: encode_histogram(&heavy),
         }),
         window_start_unix,
-        window_end_unix: window_start_unix + elapsed.as_secs_f64(),
+        window_end_unix: window_start_unix + secs,
+        run_end_unix: Some(window_start_unix + run.as_secs_f64()),
         start_late_secs: None,
         size,
         n,
@@ -372,33 +392,76 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
     }
 }
 
-/// Connect one socket (blocking, bounded by `--timeout`), then make it non-blocking.
-fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Fail> {
-    let stream = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
+/// Connect one socket, bounded by `--timeout`; `Ok(None)` if Ctrl-C came first.
+///
+/// A blocking `connect` cannot be cut short: to an address that never answers the
+/// SYN (a filtered port, a full accept queue) it waits out the kernel's retries, and
+/// a signal handler installed without SA_RESTART does not help, since the standard
+/// library retries on EINTR. So the connect is non-blocking, and this waits for it
+/// in slices of at most 100 ms, looking at the Ctrl-C flag between them, as the load
+/// loops do at each wake-up.
+fn connect(addr: SocketAddr, timeout: Duration) -> Result<Option<TcpStream>, Fail> {
+    let failed = |e: std::io::Error| {
         if e.kind() == ErrorKind::ConnectionRefused {
             Fail::Refused
         } else {
             Fail::Connect
         }
-    })?;
+    };
+    let stream = TcpStream::connect(addr).map_err(failed)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if crate::interrupt::requested() {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Fail::Connect);
+        }
+        // Rounded up: a wait of 0 ms would spin.
+        let slice = (deadline - now).min(Duration::from_millis(100));
+        let ms = slice.as_micros().div_ceil(1000) as libc::c_int;
+        let mut pfd = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for a descriptor this function owns.
+        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if ready < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Fail::Io);
+        }
+        if ready > 0 {
+            break;
+        }
+    }
+    // Writable: the handshake is over, one way or the other.
+    match stream.take_error() {
+        Ok(None) => {}
+        Ok(Some(e)) | Err(e) => return Err(failed(e)),
+    }
+    stream.peer_addr().map_err(failed)?;
     stream.set_nodelay(true).map_err(|_| Fail::Io)?;
     if addr.ip().is_loopback() {
-        cheap_congestion_control(&stream);
+        cheap_congestion_control(stream.as_raw_fd());
     }
-    stream.set_nonblocking(true).map_err(|_| Fail::Io)?;
-    Ok(TcpStream::from_std(stream))
+    Ok(Some(stream))
 }
 
 /// On loopback there is no network to share, so this client's sockets use reno, the
 /// cheapest congestion control, instead of the system default (often bbr, which
 /// timestamps and models every ACK): about 5% less CPU per request, measured. The
 /// server's sockets, and so its work, are unchanged. Failure just keeps the default.
-fn cheap_congestion_control(stream: &std::net::TcpStream) {
+fn cheap_congestion_control(socket: std::os::fd::RawFd) {
     let name = b"reno";
     // SAFETY: a valid socket and a byte string option value of the given length.
     unsafe {
         libc::setsockopt(
-            stream.as_raw_fd(),
+            socket,
             libc::IPPROTO_TCP,
             libc::TCP_CONGESTION,
             name.as_ptr().cast(),
@@ -535,6 +598,17 @@ struct Loop<'a> {
     /// Connections read in this wake-up, to be refilled together after it.
     answered: Vec<usize>,
     light_inflight: usize,
+    /// This thread's first mismatch, while the rest of its line is read.
+    capture: Option<Capture>,
+}
+
+/// The first mismatch of a thread and, until its line is whole, the connection it
+/// came on (given up, but still registered under its token, for reading only).
+struct Capture {
+    token: usize,
+    conn: usize,
+    stream: Option<TcpStream>,
+    mismatch: Mismatch,
 }
 
 /// When the run started, on the one clock every thread shares, and when it must end.
@@ -594,7 +668,9 @@ fn run_thread(plan: &Plan, mine: &[usize], gate: &Gate) -> Result<Tally> {
         first_mismatch: None,
         bytes_sent: 0,
         bytes_received: 0,
-        elapsed: Duration::ZERO,
+        run: Duration::ZERO,
+        answered: Duration::ZERO,
+        last_reply: None,
     };
     let poll = match poll {
         Ok(p) => p,
@@ -615,11 +691,16 @@ fn run_thread(plan: &Plan, mine: &[usize], gate: &Gate) -> Result<Tally> {
             (None, true) => Verifier::Fib(FibVerifier::new(plan.heavy_n.unwrap_or(0))),
             (None, false) => Verifier::Fib(FibVerifier::new(plan.light_n)),
         };
-        let mut stream = match connect(plan.addr, plan.timeout) {
-            Ok(s) => Some(s),
-            Err(fail) => {
-                count(&mut tally.errors, fail);
-                None
+        // After Ctrl-C, the connections not yet made are not tried (nor errors).
+        let mut stream = if crate::interrupt::requested() {
+            None
+        } else {
+            match connect(plan.addr, plan.timeout) {
+                Ok(s) => s,
+                Err(fail) => {
+                    count(&mut tally.errors, fail);
+                    None
+                }
             }
         };
         if let Some(s) = &mut stream {
@@ -667,6 +748,7 @@ fn run_thread(plan: &Plan, mine: &[usize], gate: &Gate) -> Result<Tally> {
         live_light,
         answered: Vec::new(),
         light_inflight: 0,
+        capture: None,
     };
     lp.run(start)?;
     Ok(lp.tally)
@@ -727,6 +809,9 @@ impl Loop<'_> {
                     continue;
                 }
                 if self.conns[i].stream.is_none() {
+                    if self.capture.as_ref().is_some_and(|c| c.token == i) {
+                        self.read_capture();
+                    }
                     continue;
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -756,11 +841,75 @@ impl Loop<'_> {
                 reported = self.tally.ok;
             }
         }
-        self.tally.elapsed = start.elapsed();
+        self.tally.run = start.elapsed();
+        self.tally.answered = self
+            .tally
+            .last_reply
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(start));
         // What is still in flight is neither verified nor failed: count it, so that
         // sent = ok + failed + unfinished holds exactly.
         self.tally.unfinished = self.light_inflight as u64;
+        self.finish_capture(&mut events);
         Ok(())
+    }
+
+    /// Read what came on the first mismatch's connection into its line; close the
+    /// connection once the line is done, or the server closed it or failed.
+    fn read_capture(&mut self) {
+        let Some(cap) = &mut self.capture else { return };
+        let Some(stream) = &mut cap.stream else {
+            return;
+        };
+        let done = loop {
+            match recv(stream, &mut self.buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    self.tally.bytes_received += n as u64;
+                    if cap.mismatch.line.more(&self.buf[..n]) {
+                        break true;
+                    }
+                    if n < self.buf.len() {
+                        break false;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break true,
+            }
+        };
+        if done && let Some(mut s) = cap.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+    }
+
+    /// The run is over: give the first mismatch's line at most [`LINE_WAIT`] more
+    /// (bounded by `--timeout` and Ctrl-C) to arrive whole, then record it.
+    fn finish_capture(&mut self, events: &mut Events) {
+        let until = Instant::now() + LINE_WAIT.min(self.plan.timeout);
+        while self.capture.as_ref().is_some_and(|c| c.stream.is_some()) {
+            let now = Instant::now();
+            if now >= until || crate::interrupt::requested() {
+                break;
+            }
+            let wait = (until - now).min(Duration::from_millis(100));
+            match self.poll.poll(events, Some(wait)) {
+                Ok(()) => self.read_capture(),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if let Some(cap) = self.capture.take() {
+            let m = cap.mismatch;
+            self.tally.first_mismatch = Some(FirstMismatch {
+                conn: cap.conn,
+                request: m.request,
+                offset: m.offset,
+                expected: m.expected,
+                got: m.got,
+                received: Some(m.line.escaped()),
+                received_offset: m.line.offset,
+            });
+        }
     }
 
     /// Open loop: send every request that is due; return the next due time.
@@ -897,16 +1046,19 @@ impl Loop<'_> {
                     }
                     if done > 0 {
                         c.waiting_since = now;
+                        self.tally.last_reply = Some(now);
                     }
                 }
                 Err(m) => {
-                    if self.tally.first_mismatch.is_none() {
-                        self.tally.first_mismatch = Some(FirstMismatch {
+                    if self.capture.is_none() {
+                        // Keep the connection (for reading only) until the server's
+                        // line is whole; `fail` closes only what it still holds.
+                        let stream = if m.line.done() { None } else { c.stream.take() };
+                        self.capture = Some(Capture {
+                            token: i,
                             conn: c.index,
-                            request: m.request,
-                            offset: m.offset,
-                            expected: m.expected,
-                            got: m.got,
+                            stream,
+                            mismatch: m,
                         });
                     }
                     self.fail(i, Fail::Mismatch);

@@ -494,7 +494,7 @@ pub fn run(args: &LoadArgs) -> Result<u8> {
         if interrupted {
             crate::output::print_out(&format!(
                 "interrupted: stopped by Ctrl-C after {:.2} s; what was measured until then\n",
-                report.elapsed_secs
+                report.run_secs()
             ))?;
         }
         crate::output::print_out(&report::render(&report))?;

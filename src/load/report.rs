@@ -8,6 +8,20 @@
 //! 0.1 %. In open loop (`--rate`) a latency counts from the request's *intended*
 //! send time, so time a request spent waiting behind a stalled server is included
 //! (the load loop's own timer lateness is not: see `engine`).
+//!
+//! Time, and what the rates are over. A run has two ends: the *run* ends when
+//! `--duration` is over, the last of `--requests` is answered, every connection has
+//! been given up, or Ctrl-C; the *answered window* ends with the last verified reply.
+//! The rates are over the answered window (`req_per_s = requests_ok / elapsed_secs`,
+//! `mb_per_s = bytes_received / elapsed_secs / 10^6`), so a server that hangs or dies
+//! mid-run is not credited with a rate diluted by the time it answered nothing (nor
+//! a healthy one with the last round trip the run did not wait for). Both windows
+//! start when the first request goes out (`window_start_unix`); the answered one
+//! ends at `window_end_unix` (`elapsed_secs` long), the run at `run_end_unix`
+//! (`run_secs` long). For a server that answered to the end the two ends are one
+//! round trip apart; when nothing was verified, the answered window is empty and the
+//! rates are 0. Reports written before `run_secs` was recorded had one window, the
+//! run's, and their rates were over it: read back, their run is their window.
 
 use base64::Engine as _;
 use hdrhistogram::Histogram;
@@ -108,6 +122,15 @@ pub struct FirstMismatch {
     pub expected: Option<u8>,
     /// The byte received.
     pub got: u8,
+    /// What the server sent there, escaped (`\n`, `\"`, `\xff`...): its line (fib) or
+    /// reply (echo) from the start (at most 100 bytes before the bad byte) to the
+    /// newline that ends it, at most 200 bytes, e.g. `ERR n out of range 0..=42`.
+    /// Absent from reports written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<String>,
+    /// The offset in the reply stream where `received` starts.
+    #[serde(default)]
+    pub received_offset: u64,
 }
 
 /// Latency percentiles in microseconds.
@@ -163,8 +186,14 @@ pub struct LoadReport {
     pub pipeline: usize,
     /// The open-loop target rate, requests per second.
     pub rate: Option<f64>,
-    /// Wall time from the first request to the end of the run.
+    /// The time the server answered, which the rates are over: from the first
+    /// request to the last verified reply (light or heavy); 0 if none was verified.
+    /// See the module doc.
     pub elapsed_secs: f64,
+    /// Wall time from the first request to the end of the run (see the module doc);
+    /// absent in older reports, whose run was `elapsed_secs` (see [`LoadReport::run_secs`]).
+    #[serde(default)]
+    pub run_secs: Option<f64>,
     /// Replies verified byte for byte (with `--mix`, the light requests only).
     pub requests_ok: u64,
     /// Requests issued (with `--mix`, the light ones): every one is either verified
@@ -193,13 +222,18 @@ pub struct LoadReport {
     /// CPU time (user+sys) spent during the run, by this load generator and, given
     /// `--server-pid`, by the server.
     pub cpu: Option<CpuReport>,
-    /// The measurement window in wall-clock time, Unix seconds: from the first request
-    /// to the end of the run (`window_end_unix - window_start_unix = elapsed_secs`).
-    /// Merging uses it to find the time the agents shared.
+    /// The answered window in wall-clock time, Unix seconds: from the first request
+    /// to the last verified reply (`window_end_unix - window_start_unix =
+    /// elapsed_secs`). Merging takes the rates over the agents' joint window.
     #[serde(default)]
     pub window_start_unix: f64,
     #[serde(default)]
     pub window_end_unix: f64,
+    /// When the run ended, Unix seconds (`run_end_unix - window_start_unix = run_secs`);
+    /// absent in older reports (see [`LoadReport::run_end_unix`]). Merging uses the
+    /// runs to tell agents that loaded the server at the same time.
+    #[serde(default)]
+    pub run_end_unix: Option<f64>,
     /// With `--start-at`: how late the first request went out after the time asked.
     #[serde(default)]
     pub start_late_secs: Option<f64>,
@@ -252,6 +286,17 @@ pub struct CpuReport {
 }
 
 impl LoadReport {
+    /// How long the run lasted; for a report without `run_secs` (written before it
+    /// was recorded), its one window.
+    pub fn run_secs(&self) -> f64 {
+        self.run_secs.unwrap_or(self.elapsed_secs)
+    }
+
+    /// When the run ended; for a report without `run_end_unix`, its window's end.
+    pub fn run_end_unix(&self) -> f64 {
+        self.run_end_unix.unwrap_or(self.window_end_unix)
+    }
+
     /// 0 if every reply verified, 1 otherwise (or if nothing completed at all).
     pub fn exit_code(&self) -> u8 {
         if self.errors_total == 0 && self.requests_ok > 0 {
@@ -277,7 +322,13 @@ pub fn render(r: &LoadReport) -> String {
     let _ = writeln!(
         out,
         "{} {} | {} loop{rate} | {} conns, pipeline {}, {} thread(s) | {:.2} s",
-        r.service, r.addr, r.mode, r.conns, r.pipeline, r.threads, r.elapsed_secs
+        r.service,
+        r.addr,
+        r.mode,
+        r.conns,
+        r.pipeline,
+        r.threads,
+        r.run_secs()
     );
     if r.agents > 1 {
         let _ = writeln!(
@@ -300,6 +351,16 @@ pub fn render(r: &LoadReport) -> String {
             "requests ok {}   errors {}   {:.0} req/s   {:.2} MB/s",
             r.requests_ok, r.errors_total, r.req_per_s, r.mb_per_s
         );
+        // Said when it shows: the server stopped answering before the run ended.
+        let (run, answered) = (r.run_secs(), r.elapsed_secs);
+        if format!("{run:.2}") != format!("{answered:.2}") {
+            let _ = writeln!(
+                out,
+                "rates over the {answered:.3} s the server answered (first request to last \
+                 verified reply); the run went on {:.2} s more",
+                run - answered
+            );
+        }
     } else {
         let _ = writeln!(out, "requests ok 0   errors {}", r.errors_total);
     }
@@ -320,16 +381,30 @@ pub fn render(r: &LoadReport) -> String {
     }
     if let Some(m) = &r.first_mismatch {
         let byte = |b: u8| std::ascii::escape_default(b).to_string();
-        let _ = writeln!(
-            out,
-            "first mismatch: conn {} request {} offset {}: expected {}, got '{}'",
-            m.conn,
-            m.request,
-            m.offset,
-            m.expected
-                .map_or("end of reply".to_string(), |b| format!("'{}'", byte(b))),
-            byte(m.got)
-        );
+        let expected = m
+            .expected
+            .map_or("end of reply".to_string(), |b| format!("'{}'", byte(b)));
+        let _ = match &m.received {
+            // The server's own words first: an `ERR` line explains itself.
+            Some(line) => writeln!(
+                out,
+                "first mismatch: server answered \"{line}\" at offset {}, conn {} \
+                 (request {}: expected {expected}, got '{}' at offset {})",
+                m.received_offset,
+                m.conn,
+                m.request,
+                byte(m.got),
+                m.offset
+            ),
+            None => writeln!(
+                out,
+                "first mismatch: conn {} request {} offset {}: expected {expected}, got '{}'",
+                m.conn,
+                m.request,
+                m.offset,
+                byte(m.got)
+            ),
+        };
     }
     if r.requests_ok > 0 {
         lat_row(&mut out, "latency", &r.latency_us);

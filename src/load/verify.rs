@@ -18,11 +18,22 @@
 //! Neither allocates per request: payloads are windows into one shared random
 //! [`PayloadPool`], chosen by request number, so the sender and the verifier agree
 //! on request k's bytes without remembering them.
+//!
+//! A single wrong byte rarely tells a user what went wrong; the line it belongs to
+//! does (`ERR n out of range 0..=42` from a fib server asked fib(43), say). So a
+//! [`Mismatch`] also carries the server's [`Line`]: what it sent from the start of the
+//! line (fib) or reply (echo: its prefix, or the start of the request's payload) the bad
+//! byte belongs to, then on to the line's newline, at most [`LINE_MAX`] bytes. The
+//! part before the bad byte was verified, so the verifier rebuilds it from what it
+//! expected instead of keeping a copy of every byte it reads; the part after is
+//! whatever the server sent next, which may come in later reads: the caller feeds
+//! them to [`Line::more`] until [`Line::done`]. Any chunking of the same stream gives
+//! the same line.
 
 use std::sync::Arc;
 
 /// The first byte at which a reply stream went wrong.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatch {
     /// Index of the request whose reply was being read (0-based, per connection).
     pub request: u64,
@@ -32,6 +43,71 @@ pub struct Mismatch {
     pub expected: Option<u8>,
     /// The byte received.
     pub got: u8,
+    /// The server's line around that byte (see the module doc); feed it what the
+    /// connection receives next until it is [`Line::done`].
+    pub line: Line,
+}
+
+/// The most a [`Line`] keeps of what the server sent.
+pub const LINE_MAX: usize = 200;
+
+/// The most a [`Line`] keeps of what came before the bad byte (the rest is left for
+/// what follows it, where an error message is).
+pub const BEFORE_MAX: usize = 100;
+
+/// What the server sent around a mismatch: from the start of its line (or echo reply)
+/// to the newline that ends it (not kept), at most [`LINE_MAX`] bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Line {
+    /// Offset of `bytes[0]` in the connection's reply stream.
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+    /// A newline ended it (otherwise it was cut at [`LINE_MAX`], or is still open).
+    pub ended: bool,
+}
+
+impl Line {
+    /// The line so far: `before` (verified bytes just before the bad one, of which the
+    /// last [`BEFORE_MAX`] are kept) ends at stream offset `at`, then `rest` (the bad
+    /// byte and whatever followed it in the same read).
+    fn starting(before: &[u8], at: u64, rest: &[u8]) -> Line {
+        let before = &before[before.len().saturating_sub(BEFORE_MAX)..];
+        let mut line = Line {
+            offset: at - before.len() as u64,
+            bytes: Vec::with_capacity(LINE_MAX),
+            ended: false,
+        };
+        line.bytes.extend_from_slice(before);
+        line.more(rest);
+        line
+    }
+
+    /// Nothing more belongs to it: its newline came, or it is [`LINE_MAX`] long.
+    pub fn done(&self) -> bool {
+        self.ended || self.bytes.len() >= LINE_MAX
+    }
+
+    /// Take the next bytes the server sent (from a later read); returns
+    /// [`Line::done`]. Bytes past the line's end are ignored.
+    pub fn more(&mut self, data: &[u8]) -> bool {
+        if !self.done() {
+            let room = LINE_MAX - self.bytes.len();
+            let data = &data[..data.len().min(room)];
+            match data.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    self.bytes.extend_from_slice(&data[..i]);
+                    self.ended = true;
+                }
+                None => self.bytes.extend_from_slice(data),
+            }
+        }
+        self.done()
+    }
+
+    /// The bytes, printable: ASCII as is, `\n`, `\"`, `\xff` and so on escaped.
+    pub fn escaped(&self) -> String {
+        self.bytes.escape_ascii().to_string()
+    }
 }
 
 /// Where two equally long slices first differ: one `memcmp` in the common case
@@ -99,6 +175,9 @@ pub struct EchoVerifier {
     prefix: Arc<[u8]>,
     /// Bytes of the prefix matched so far (0: not inside a prefix).
     in_prefix: usize,
+    /// Where the last complete prefix ended: (request, offset in its payload). Only
+    /// to rebuild a mismatch's [`Line`]; set once per prefix, not per byte.
+    after_prefix: Option<(u64, usize)>,
     pos: Cursor,
 }
 
@@ -115,9 +194,11 @@ struct Cursor {
 impl Cursor {
     /// Compare `data` with `expected` (the same length, the current reply's next bytes)
     /// and move past them; a reply of `reply_len` bytes completes when `at` reaches it.
-    fn advance(&mut self, data: &[u8], expected: &[u8], reply_len: usize) -> Result<(), Mismatch> {
+    /// On a difference, returns its index in `data` and leaves the cursor where it was.
+    #[inline]
+    fn advance(&mut self, data: &[u8], expected: &[u8], reply_len: usize) -> Result<(), usize> {
         if let Some(i) = first_difference(data, expected) {
-            return Err(self.mismatch(i, Some(expected[i]), data[i]));
+            return Err(i);
         }
         self.at += data.len();
         self.offset += data.len() as u64;
@@ -128,13 +209,17 @@ impl Cursor {
         Ok(())
     }
 
-    /// A mismatch `i` bytes past the current offset.
-    fn mismatch(&self, i: usize, expected: Option<u8>, got: u8) -> Mismatch {
+    /// A mismatch at `rest[0]`, `i` bytes past the current offset; `before` is what the
+    /// server sent of the line just before it (see [`Line`]).
+    #[cold]
+    fn mismatch(&self, i: usize, expected: Option<u8>, before: &[u8], rest: &[u8]) -> Mismatch {
+        let offset = self.offset + i as u64;
         Mismatch {
             request: self.request,
-            offset: self.offset + i as u64,
+            offset,
             expected,
-            got,
+            got: rest[0],
+            line: Line::starting(before, offset, rest),
         }
     }
 }
@@ -146,6 +231,7 @@ impl EchoVerifier {
             seed,
             prefix,
             in_prefix: 0,
+            after_prefix: None,
             pos: Cursor::default(),
         }
     }
@@ -161,24 +247,31 @@ impl EchoVerifier {
                 let want = &prefix[self.in_prefix..];
                 let n = want.len().min(data.len());
                 if let Some(i) = first_difference(&data[..n], &want[..n]) {
-                    return Err(self.pos.mismatch(i, Some(want[i]), data[i]));
+                    let seen = &prefix[..self.in_prefix + i];
+                    return Err(self.pos.mismatch(i, Some(want[i]), seen, &data[i..]));
                 }
                 self.in_prefix = (self.in_prefix + n) % prefix.len();
                 self.pos.offset += n as u64;
                 data = &data[n..];
+                if self.in_prefix == 0 {
+                    self.after_prefix = Some((self.pos.request, self.pos.at));
+                }
                 continue;
             }
             if !prefix.is_empty() && data[0] == prefix[0] {
                 self.in_prefix = 1 % prefix.len();
                 self.pos.offset += 1;
                 data = &data[1..];
+                if self.in_prefix == 0 {
+                    self.after_prefix = Some((self.pos.request, self.pos.at));
+                }
                 continue;
             }
             if !prefix.is_empty() && self.pos.offset == 0 {
-                return Err(self.pos.mismatch(0, Some(prefix[0]), data[0]));
+                return Err(self.pos.mismatch(0, Some(prefix[0]), &[], data));
             }
             if self.pos.request >= sent {
-                return Err(self.pos.mismatch(0, None, data[0]));
+                return Err(self.mismatch(0, None, data));
             }
             // Payload bytes up to the next possible prefix or the end of this request.
             let expected = &self.pool.payload(self.seed, self.pos.request)[self.pos.at..];
@@ -188,11 +281,34 @@ impl EchoVerifier {
             {
                 n = i;
             }
-            self.pos
-                .advance(&data[..n], &expected[..n], self.pool.size())?;
+            if let Err(i) = self
+                .pos
+                .advance(&data[..n], &expected[..n], self.pool.size())
+            {
+                return Err(self.mismatch(i, Some(expected[i]), &data[i..]));
+            }
             data = &data[n..];
         }
         Ok(self.pos.request - before)
+    }
+
+    /// A mismatch in the payload, `i` bytes past the current position, at `rest[0]`.
+    /// The line before it is this reply's: the prefix that began it and the payload
+    /// since, if that prefix ended inside the current request; else the request's
+    /// payload so far (a reply that began with an earlier request is cut there).
+    #[cold]
+    fn mismatch(&self, i: usize, expected: Option<u8>, rest: &[u8]) -> Mismatch {
+        let request = self.pos.request;
+        let upto = self.pos.at + i;
+        let payload = &self.pool.payload(self.seed, request)[..upto];
+        let before = match self.after_prefix {
+            Some((r, from)) if r == request => {
+                let from = from.max(upto.saturating_sub(BEFORE_MAX));
+                [&self.prefix[..], &payload[from..]].concat()
+            }
+            _ => payload[upto.saturating_sub(BEFORE_MAX)..].to_vec(),
+        };
+        self.pos.mismatch(i, expected, &before, rest)
     }
 }
 
@@ -223,11 +339,15 @@ impl FibVerifier {
         let before = self.pos.request;
         while !data.is_empty() {
             if self.pos.request >= sent {
-                return Err(self.pos.mismatch(0, None, data[0]));
+                return Err(self.pos.mismatch(0, None, &[], data));
             }
             let want = &self.line[self.pos.at..];
             let n = want.len().min(data.len());
-            self.pos.advance(&data[..n], &want[..n], self.line.len())?;
+            if let Err(i) = self.pos.advance(&data[..n], &want[..n], self.line.len()) {
+                // The line so far was verified: it is the expected line's start.
+                let before = &self.line[..self.pos.at + i];
+                return Err(self.pos.mismatch(i, Some(want[i]), before, &data[i..]));
+            }
             data = &data[n..];
         }
         Ok(self.pos.request - before)
@@ -286,6 +406,23 @@ mod tests {
         out
     }
 
+    /// Feed `chunks` as a client would: until a mismatch, then the rest to its line
+    /// until the line is done.
+    fn settle(v: &mut Verifier, chunks: &[Vec<u8>], sent: u64) -> Option<Mismatch> {
+        let mut found: Option<Mismatch> = None;
+        for chunk in chunks {
+            match &mut found {
+                Some(m) => {
+                    if m.line.more(chunk) {
+                        break;
+                    }
+                }
+                None => found = v.feed(chunk, sent).err(),
+            }
+        }
+        found
+    }
+
     fn echo_requests(pool: &PayloadPool, seed: u64, count: u64) -> Vec<u8> {
         (0..count)
             .flat_map(|k| pool.payload(seed, k).to_vec())
@@ -323,7 +460,13 @@ mod tests {
                 request: 0,
                 offset: 13,
                 expected: Some(good),
-                got: b'#'
+                got: b'#',
+                // The reply from its prefix on, as the server sent it.
+                line: Line {
+                    offset: 0,
+                    bytes: reply.clone(),
+                    ended: false
+                }
             }
         );
     }
@@ -351,6 +494,49 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_byte_after_a_split_prefix_shows_the_reply_from_that_prefix() {
+        // The server read "ab" then "cd": "Received: ab" "Received: c#".
+        let pool = PayloadPool::new(4, TALK, 1);
+        let p = pool.payload(0, 0).to_vec();
+        let mut stream = [TALK, &p[..2], TALK, &p[2..3], b"#"].concat();
+        stream.extend_from_slice(b"more");
+        let mut v = EchoVerifier::new(pool, 0, TALK.into());
+        let m = v.feed(&stream, 1).unwrap_err();
+        assert_eq!((m.offset, m.got), (10 + 2 + 10 + 1, b'#'));
+        assert_eq!(m.line.offset, 12, "the line starts at the second prefix");
+        assert_eq!(m.line.bytes, [TALK, &p[2..3], b"#more"].concat());
+        assert!(!m.line.ended && !m.line.done(), "no newline yet, room left");
+    }
+
+    #[test]
+    fn a_long_reply_keeps_the_bytes_nearest_the_bad_one() {
+        let pool = PayloadPool::new(1000, TALK, 1);
+        let mut reply = [TALK, pool.payload(0, 0)].concat();
+        reply[10 + 500] = b'#';
+        let mut v = EchoVerifier::new(pool, 0, TALK.into());
+        let m = v.feed(&reply, 1).unwrap_err();
+        assert_eq!(m.line.offset, (10 + 500 - BEFORE_MAX) as u64);
+        assert_eq!(m.line.bytes.len(), LINE_MAX);
+        assert_eq!(m.line.bytes[..], reply[10 + 500 - BEFORE_MAX..][..LINE_MAX]);
+        assert!(m.line.done() && !m.line.ended);
+        // Done: later bytes change nothing.
+        let mut line = m.line.clone();
+        assert!(line.more(b"ERR late\n"));
+        assert_eq!(line, m.line);
+    }
+
+    #[test]
+    fn an_echo_client_shown_a_fib_servers_error_line() {
+        let pool = PayloadPool::new(8, TALK, 1);
+        let mut v = EchoVerifier::new(pool, 0, TALK.into());
+        let m = v.feed(b"ERR not a number: \"\xff\"\nERR", 1).unwrap_err();
+        assert_eq!((m.offset, m.expected, m.got), (0, Some(b'R'), b'E'));
+        assert_eq!(m.line.bytes, b"ERR not a number: \"\xff\"");
+        assert!(m.line.ended);
+        assert_eq!(m.line.escaped(), r#"ERR not a number: \"\xff\""#);
+    }
+
+    #[test]
     fn fib_lines() {
         let mut v = FibVerifier::new(10);
         assert_eq!(v.feed(b"55\n5", 2), Ok(1));
@@ -371,7 +557,12 @@ mod tests {
                 request: 0,
                 offset: 2,
                 expected: Some(b'\n'),
-                got: b'5'
+                got: b'5',
+                line: Line {
+                    offset: 0,
+                    bytes: b"5555".to_vec(),
+                    ended: true
+                }
             }
         );
     }
@@ -430,6 +621,65 @@ mod tests {
             let m = found.expect("corruption missed");
             prop_assert_eq!(m.offset, at as u64);
             prop_assert_eq!(m.got, b'#');
+        }
+
+        /// A fib server asked an n above its maximum answers an error line; the
+        /// mismatch shows that line whole, however the reads cut it.
+        #[test]
+        fn fib_error_line_is_whole_in_any_chunking(n in 31u32..=185, count in 1u64..6,
+                                                   question in any::<bool>(),
+                                                   server_cuts in proptest::collection::vec(any::<usize>(), 0..20),
+                                                   client_cuts in proptest::collection::vec(any::<usize>(), 0..20)) {
+            let spec = ServiceSpec::Fib { max_n: 30 };
+            let stream: Vec<u8> = (0..count).flat_map(|_| FibVerifier::request_line(n, question)).collect();
+            let reply = serve(&spec, &stream, &server_cuts);
+            let m = settle(&mut Verifier::Fib(FibVerifier::new(n)), &split(&reply, &client_cuts), count)
+                .expect("an error line is a mismatch");
+            let first_digit = crate::fib::exact(n).to_string().as_bytes()[0];
+            prop_assert_eq!((m.request, m.offset, m.expected, m.got), (0, 0, Some(first_digit), b'E'));
+            prop_assert_eq!(&m.line.bytes[..], b"ERR n out of range 0..=30");
+            prop_assert!(m.line.ended);
+            prop_assert_eq!(m.line.offset, 0);
+        }
+
+        /// Any stream, corrupted anywhere (a byte replaced, or an error line put in
+        /// between two replies), cut anywhere: the mismatch and its line, completed
+        /// from the reads that follow, are those of the stream read whole.
+        #[test]
+        fn a_mismatch_and_its_line_do_not_depend_on_the_reads(
+            fib_service in any::<bool>(), size in 1usize..300, count in 1u64..6,
+            server_cuts in proptest::collection::vec(any::<usize>(), 0..10),
+            client_cuts in proptest::collection::vec(any::<usize>(), 0..30),
+            at in any::<usize>(), with in any::<u8>(), insert in any::<bool>()) {
+            let (spec, stream, verifier) = if fib_service {
+                let n = (size % 25) as u32; // the server computes the naive fib
+                let stream: Vec<u8> = (0..count).flat_map(|_| FibVerifier::request_line(n, false)).collect();
+                (ServiceSpec::Fib { max_n: 90 }, stream, Verifier::Fib(FibVerifier::new(n)))
+            } else {
+                let pool = PayloadPool::new(size, TALK, 5);
+                let stream = echo_requests(&pool, 0, count);
+                (ServiceSpec::Echo { prefix: TALK.to_vec() }, stream,
+                 Verifier::Echo(EchoVerifier::new(pool, 0, TALK.into())))
+            };
+            let mut reply = serve(&spec, &stream, &server_cuts);
+            let at = at % (reply.len() + 1);
+            if insert {
+                reply.splice(at..at, b"ERR something went wrong\n".iter().copied());
+            } else if at < reply.len() && reply[at] != with {
+                reply[at] = with;
+            } else {
+                reply.push(with);
+            }
+            let whole = settle(&mut verifier.clone(), &[reply.clone()], count);
+            let chunked = settle(&mut verifier.clone(), &split(&reply, &client_cuts), count);
+            prop_assert_eq!(&chunked, &whole);
+            let m = whole.expect("the change is found");
+            prop_assert!(m.line.offset <= m.offset);
+            prop_assert!(m.line.bytes.len() <= LINE_MAX);
+            // The line is what the server sent there, byte for byte.
+            let start = m.line.offset as usize;
+            prop_assert_eq!(&reply[start..start + m.line.bytes.len()], &m.line.bytes[..]);
+            prop_assert_eq!(reply[m.offset as usize], m.got);
         }
 
         #[test]

@@ -9,14 +9,18 @@
 //! histogram for that (see [`crate::load::report::encode_histogram`]).
 //!
 //! So a merge is: counters summed, histograms added, percentiles read from the sum,
-//! throughput over the window the agents ran in together: from the first agent's start
-//! to the last one's end (with `--start-at` and `--duration` they start and stop
-//! together, and that window is each agent's own). The result has the schema of one
-//! report, so merges nest: merging merges gives what merging all the agents at once
-//! gives. Reports that measured different things (another service, payload size,
-//! prefix, fib n or terminator, loop mode) are refused, naming the field; a report whose
-//! window overlaps no other's is kept but flagged, since it did not load the server at
-//! the same time as the others.
+//! throughput over the window the agents were answered in together: from the first
+//! agent's first request to the last verified reply of any (each report's answered
+//! window, see [`crate::load::report`]; with `--start-at` and `--duration` the agents
+//! start and stop together, and a server that answered to the end makes that window
+//! each agent's own). The runs merge the same way (first start to last end). Both
+//! windows are kept as their ends on the wall clock, which a merge takes the minimum
+//! and maximum of, so the result has the schema of one report and merges nest exactly:
+//! merging merges gives what merging all the agents at once gives. Reports that
+//! measured different things (another service, payload size, prefix, fib n or
+//! terminator, loop mode) are refused, naming the field; a report whose run overlaps
+//! no other's is kept but flagged, since it did not load the server at the same time
+//! as the others.
 //!
 //! `concur hold` agents merge the same way ([`merge_hold`]): one machine (or one
 //! process, below its own descriptor limit) cannot hold a million connections, several
@@ -205,11 +209,13 @@ pub fn merge(reports: &[(String, LoadReport)]) -> Result<LoadReport, MergeError>
         out.first_mismatch = out.first_mismatch.or_else(|| r.first_mismatch.clone());
         warnings.extend(r.merge_warnings.iter().cloned());
     }
-    let windows: Vec<_> = reports
+    // Whether agents loaded the server together is a matter of their runs (an agent
+    // whose server never answered still loaded it).
+    let runs: Vec<_> = reports
         .iter()
-        .map(|(n, r)| (n.as_str(), r.window_start_unix, r.window_end_unix))
+        .map(|(n, r)| (n.as_str(), r.window_start_unix, r.run_end_unix()))
         .collect();
-    warnings.extend(lonely_windows(&windows, "load the server"));
+    warnings.extend(lonely_windows(&runs, "load the server"));
     let start = reports
         .iter()
         .map(|(_, r)| r.window_start_unix)
@@ -218,24 +224,37 @@ pub fn merge(reports: &[(String, LoadReport)]) -> Result<LoadReport, MergeError>
         .iter()
         .map(|(_, r)| r.window_end_unix)
         .fold(f64::NEG_INFINITY, f64::max);
+    let run_end = reports
+        .iter()
+        .map(|(_, r)| r.run_end_unix())
+        .fold(f64::NEG_INFINITY, f64::max);
     let elapsed = (end - start).max(0.0);
-    let secs = elapsed.max(1e-9);
     let requests = ok + heavy_ok;
+    // No rate without a verified request, nor over an empty window.
+    let per_sec = |x: u64| {
+        if requests > 0 && elapsed > 0.0 {
+            x as f64 / elapsed
+        } else {
+            0.0
+        }
+    };
     out.addr = addrs.join(",");
     out.conns = conns;
     out.threads = threads;
     out.rate = rate;
     out.elapsed_secs = elapsed;
+    out.run_secs = Some((run_end - start).max(elapsed));
     out.window_start_unix = start;
     out.window_end_unix = end;
+    out.run_end_unix = Some(run_end);
     out.requests_ok = ok;
     out.requests_sent = sent;
     out.requests_failed = failed;
     out.requests_unfinished = unfinished;
     out.errors_total = errors.total();
     out.errors = errors;
-    out.req_per_s = ok as f64 / secs;
-    out.mb_per_s = bytes_received as f64 / secs / 1e6;
+    out.req_per_s = per_sec(ok);
+    out.mb_per_s = per_sec(bytes_received) / 1e6;
     out.bytes_sent = bytes_sent;
     out.bytes_received = bytes_received;
     out.latency_us = Latency::from_histogram(&light);
@@ -489,6 +508,8 @@ mod tests {
             pipeline: 1,
             rate: None,
             elapsed_secs: window.1 - window.0,
+            // As a report from before runs were recorded: the run is the window.
+            run_secs: None,
             requests_ok: ok,
             requests_sent: ok + 3,
             requests_failed: 2,
@@ -508,6 +529,7 @@ mod tests {
             cpu: None,
             window_start_unix: window.0,
             window_end_unix: window.1,
+            run_end_unix: None,
             start_late_secs: None,
             size: 64,
             n: 0,
@@ -566,6 +588,87 @@ mod tests {
             prop_assert_eq!(nested.agents, 3);
             prop_assert_eq!(nested.requests_ok, merged.requests_ok);
         }
+    }
+
+    /// A report whose server answered from `window.0` to `window.1` (Unix seconds)
+    /// and whose run ended at `run_end`, with the rates such a report carries.
+    fn answered(samples: &[u64], window: (f64, f64), run_end: f64) -> LoadReport {
+        let mut r = report(samples, window);
+        r.run_end_unix = Some(run_end);
+        r.run_secs = Some(run_end - window.0);
+        if r.requests_ok > 0 && r.elapsed_secs > 0.0 {
+            r.req_per_s = r.requests_ok as f64 / r.elapsed_secs;
+            r.mb_per_s = r.bytes_received as f64 / r.elapsed_secs / 1e6;
+        }
+        r
+    }
+
+    proptest! {
+        /// Agents whose servers stopped answering at different times: the rates are
+        /// over the joint answered window (first request to the last verified reply
+        /// of any), the run is first start to last end, and both are exact under
+        /// nesting, through JSON too; one report merged alone keeps its figures.
+        #[test]
+        fn answered_windows_and_runs_merge_exactly(
+            agents in prop::collection::vec((0u32..1000, 0u32..1000, 0u32..1000, 0usize..30), 1..5),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let reports = named(agents.iter().map(|&(start, answered_for, idle, ok)| {
+                let start = 1.7e9 + f64::from(start) / 100.0;
+                let end = start + f64::from(answered_for) / 100.0;
+                answered(&vec![1000; ok], (start, end), end + f64::from(idle) / 100.0)
+            }).collect());
+            let m = merge(&reports).unwrap();
+            let rs = || reports.iter().map(|(_, r)| r);
+            let start = rs().map(|r| r.window_start_unix).fold(f64::INFINITY, f64::min);
+            let end = rs().map(|r| r.window_end_unix).fold(f64::NEG_INFINITY, f64::max);
+            let run_end = rs().map(|r| r.run_end_unix()).fold(f64::NEG_INFINITY, f64::max);
+            prop_assert_eq!((m.window_start_unix, m.window_end_unix), (start, end));
+            prop_assert_eq!(m.run_end_unix, Some(run_end));
+            prop_assert_eq!(m.elapsed_secs, end - start);
+            prop_assert_eq!(m.run_secs, Some(run_end - start));
+            prop_assert!(m.run_secs() >= m.elapsed_secs);
+            let ok: u64 = rs().map(|r| r.requests_ok).sum();
+            let rate = if ok > 0 && m.elapsed_secs > 0.0 { ok as f64 / m.elapsed_secs } else { 0.0 };
+            prop_assert_eq!(m.req_per_s, rate);
+            // Merges nest: (first k) + the rest is all at once.
+            let k = split.index(reports.len()).max(1);
+            let head = merge(&reports[..k]).unwrap();
+            let head: LoadReport = serde_json::from_str(&serde_json::to_string(&head).unwrap()).unwrap();
+            let nested = merge(&[&[("head".to_string(), head)], &reports[k..]].concat()).unwrap();
+            prop_assert_eq!(
+                (nested.window_start_unix, nested.window_end_unix, nested.run_end_unix),
+                (m.window_start_unix, m.window_end_unix, m.run_end_unix)
+            );
+            prop_assert_eq!((nested.elapsed_secs, nested.run_secs), (m.elapsed_secs, m.run_secs));
+            prop_assert_eq!((nested.req_per_s, nested.mb_per_s), (m.req_per_s, m.mb_per_s));
+            // One report alone is itself.
+            let (_, one) = &reports[0];
+            let alone = merge(&reports[..1]).unwrap();
+            prop_assert_eq!((alone.elapsed_secs, alone.run_secs()), (one.elapsed_secs, one.run_secs()));
+            prop_assert_eq!((alone.req_per_s, alone.mb_per_s), (one.req_per_s, one.mb_per_s));
+        }
+    }
+
+    #[test]
+    fn rates_are_over_the_time_the_servers_answered() {
+        // Both runs lasted 10 s; the servers stopped answering after 4 s and 3 s.
+        let a = answered(&[1000; 300], (100.0, 104.0), 110.0);
+        let b = answered(&[1000; 100], (100.0, 103.0), 110.0);
+        let m = merge(&named(vec![a, b])).unwrap();
+        assert_eq!((m.elapsed_secs, m.run_secs), (4.0, Some(10.0)));
+        assert_eq!(m.req_per_s, 400.0 / 4.0);
+        assert!(m.merge_warnings.is_empty(), "{:?}", m.merge_warnings);
+        // An agent that verified nothing loaded the server all the same: not flagged,
+        // and its empty window neither adds time nor rate.
+        let a = answered(&[1000; 300], (100.0, 104.0), 110.0);
+        let none = answered(&[], (101.0, 101.0), 110.0);
+        let m = merge(&named(vec![a, none])).unwrap();
+        assert!(m.merge_warnings.is_empty(), "{:?}", m.merge_warnings);
+        assert_eq!((m.requests_ok, m.elapsed_secs), (300, 4.0));
+        // Nothing verified anywhere: no rate.
+        let m = merge(&named(vec![answered(&[], (100.0, 100.0), 105.0)])).unwrap();
+        assert_eq!((m.req_per_s, m.mb_per_s, m.run_secs), (0.0, 0.0, Some(5.0)));
     }
 
     #[test]
