@@ -738,9 +738,12 @@ mod tests {
         let second = c.take_unsent();
         c.received(b"three"); // pipelined: a reply started its own buffer
         c.reuse(second);
-        assert_eq!(c.unsent(), b"three");
-        let partly = c.take_unsent();
-        assert_eq!(partly, b"three");
+        assert_eq!(
+            c.unsent(),
+            b"three",
+            "the pipelined reply kept its own buffer"
+        );
+        assert_eq!(c.take_unsent(), b"three");
         c.received(b"four");
         c.sent(2);
         assert_eq!(c.take_unsent(), b"ur", "only what is still unsent");
