@@ -101,7 +101,7 @@ pub struct Conn {
     idle_timeout: Option<Duration>,
     last_progress: Instant,
     /// Bytes a completion-based loop took for a send the kernel has not finished
-    /// ([`Conn::handed_off`]); they count against [`OUT_LIMIT`].
+    /// ([`Conn::take_unsent`]); they count against [`OUT_LIMIT`].
     in_flight: usize,
 }
 
@@ -224,17 +224,30 @@ impl Conn {
         self.consume(n);
     }
 
-    /// A completion-based loop (uring) moved the first `n` bytes of
-    /// [`Conn::unsent`] into a send of its own, whose memory must stay put until the
-    /// kernel is done with it. They leave the unsent buffer but count against
-    /// [`OUT_LIMIT`] until [`Conn::confirmed`], and moving them is no progress for
+    /// A completion-based loop (uring) takes every unsent byte for a send of its
+    /// own, whose memory must stay put until the kernel is done with it: the buffer
+    /// itself changes hands, no byte is copied. The bytes count against
+    /// [`OUT_LIMIT`] until [`Conn::confirmed`], and taking them is no progress for
     /// the idle timeout: a client that never reads must still time out.
-    pub fn handed_off(&mut self, n: usize) {
-        self.in_flight += n;
-        self.consume(n);
+    pub fn take_unsent(&mut self) -> Vec<u8> {
+        let mut taken = std::mem::take(&mut self.out.ready);
+        taken.drain(..self.sent);
+        self.sent = 0;
+        self.in_flight += taken.len();
+        taken
     }
 
-    /// The kernel sent `n` bytes [`Conn::handed_off`] earlier.
+    /// A buffer from [`Conn::take_unsent`] whose send is over: if no reply has
+    /// started a buffer meanwhile and it is small, it takes the next replies, so a
+    /// request allocates nothing and an idle connection holds one buffer at most.
+    pub fn reuse(&mut self, mut buf: Vec<u8>) {
+        if self.out.ready.capacity() == 0 && buf.capacity() <= KEEP_CAPACITY {
+            buf.clear();
+            self.out.ready = buf;
+        }
+    }
+
+    /// The kernel sent `n` bytes [`Conn::take_unsent`] took.
     pub fn confirmed(&mut self, n: usize, now: Instant) {
         if n > 0 {
             self.last_progress = now;
@@ -691,7 +704,7 @@ mod tests {
     }
 
     #[test]
-    fn bytes_handed_off_count_until_confirmed() {
+    fn bytes_taken_count_until_confirmed() {
         let mut c = Conn::new(
             ServiceSpec::Echo { prefix: Vec::new() }.session(),
             Some(Duration::from_secs(5)),
@@ -699,7 +712,8 @@ mod tests {
         let start = Instant::now();
         let chunk = vec![b'x'; OUT_LIMIT / 2];
         c.received_at(&chunk, start);
-        c.handed_off(chunk.len());
+        let taken = c.take_unsent();
+        assert_eq!(taken, chunk);
         assert!(c.unsent().is_empty());
         assert!(c.wants_read(), "half the bound is in flight");
         c.received_at(&chunk, start);
@@ -709,6 +723,30 @@ mod tests {
         c.confirmed(chunk.len(), start + Duration::from_secs(4));
         assert!(c.wants_read(), "the kernel sent them");
         assert_eq!(c.step(later), Step::Wait, "a confirmed send is progress");
+    }
+
+    #[test]
+    fn a_sent_buffer_takes_the_next_replies_unless_one_started() {
+        let mut c = Conn::new(ServiceSpec::Echo { prefix: Vec::new() }.session(), None);
+        c.received(b"one");
+        let first = c.take_unsent();
+        let at = first.as_ptr();
+        c.reuse(first);
+        c.received(b"two");
+        assert_eq!(c.unsent(), b"two");
+        assert_eq!(c.unsent().as_ptr(), at, "the same memory, no allocation");
+        let second = c.take_unsent();
+        c.received(b"three"); // pipelined: a reply started its own buffer
+        c.reuse(second);
+        assert_eq!(
+            c.unsent(),
+            b"three",
+            "the pipelined reply kept its own buffer"
+        );
+        assert_eq!(c.take_unsent(), b"three");
+        c.received(b"four");
+        c.sent(2);
+        assert_eq!(c.take_unsent(), b"ur", "only what is still unsent");
     }
 
     #[test]
