@@ -25,9 +25,10 @@
 //!
 //! Forking, reaping and stopping are [`crate::serve::supervise`]'s, shared with
 //! `processes`: the server must be single-threaded to fork, workers die with a
-//! killed server, and on SIGTERM/SIGINT they see the same pipe, finish their
-//! client and exit; the parent waits out the grace period, kills stragglers and
-//! reaps them.
+//! killed server, and on SIGTERM/SIGINT the parent passes the stop on (SIGTERM to
+//! each child, which has a shutdown pipe of its own), they finish their client and
+//! exit; the parent waits out the grace period, kills stragglers and reaps them.
+//! SIGTERM to one worker stops only that worker, gracefully, and it is replaced.
 //!
 //! Cost: `--workers` processes (page tables, copy-on-write pages) whatever the load.
 //! Ceiling: `--workers` clients at once; the rest wait in the listen backlog, and a

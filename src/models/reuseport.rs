@@ -70,7 +70,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// How much longer than the grace period the `--fork` parent waits for its workers
-/// (each starts its own grace period when it sees the shutdown pipe) before
+/// (each starts its own grace period when the SIGTERM it is sent arrives) before
 /// SIGKILLing them.
 const FINISH_SLACK: Duration = Duration::from_secs(1);
 

@@ -4,8 +4,15 @@
 //! then on the pipe's read end is readable forever: every waiter sees it, whether it
 //! blocks in poll(2) beside a socket (blocking, threads, processes), puts it in its
 //! select(2) set (select), registers it with an event loop (epoll, async) or has
-//! io_uring poll it (uring). A forked child shares the pipe, so one signal to the
-//! parent reaches every child too.
+//! io_uring poll it (uring).
+//!
+//! A forked child (`processes`, `prefork`, `reuseport --fork`) gets a pipe of its
+//! own ([`child_signals`]): the same descriptors, re-pointed at a new pipe, so every
+//! waiter the child sets up watches the private one. A SIGTERM aimed at the child
+//! (`kill` of one worker, or systemd's SIGTERM to the whole control group) then stops
+//! that child the way a shutdown stops the server, finishing what it owes within the
+//! grace period, and never reaches the parent; the parent passes its own shutdown on
+//! by sending each child SIGTERM (`Supervisor::finish`).
 //!
 //! The handler is signal-hook's (`low_level::pipe`), the Rust ecosystem's standard
 //! for this: it does only async-signal-safe things (one non-blocking `write(2)`),
@@ -23,6 +30,10 @@ use std::time::{Duration, Instant};
 /// The process's shutdown pipe, once SIGINT and SIGTERM are routed to it.
 static INSTALLED: Mutex<Option<Shutdown>> = Mutex::new(None);
 
+/// The descriptors signal-hook's handlers write to (copies of the installed pipe's
+/// write end), so a forked child can re-point them at its own pipe.
+static HOOKED: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
 /// A handle on "has shutdown been requested?"; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Shutdown {
@@ -38,8 +49,10 @@ impl Shutdown {
             return Ok(shutdown.clone());
         }
         let shutdown = Shutdown::unhooked()?;
+        let mut hooked = HOOKED.lock().unwrap_or_else(PoisonError::into_inner);
         for sig in [Signal::SIGINT, Signal::SIGTERM] {
             let write = shutdown.write.try_clone().context("duplicating the pipe")?;
+            hooked.push(write.as_raw_fd());
             signal_hook::low_level::pipe::register_raw(sig as libc::c_int, write)
                 .with_context(|| format!("routing {sig} to the pipe"))?;
         }
@@ -88,17 +101,50 @@ impl Shutdown {
     }
 }
 
-/// In a forked child serving one client: SIGINT (sent to the whole terminal group
-/// by Ctrl-C) is ignored, because the parent gets it too and tells the child through
-/// the shared pipe; SIGTERM kills the child outright. Either way, a signal aimed at
-/// a child never makes the parent shut down.
+/// In a freshly forked child, before it runs anything: SIGINT (sent to the whole
+/// terminal group by Ctrl-C) is ignored, because the parent gets it too and passes
+/// it on as SIGTERM; and the installed shutdown pipe is replaced by a private one,
+/// the same descriptor numbers pointing at a new pipe, so SIGTERM (or a
+/// [`Shutdown::trigger`]) in the child stops only the child. Either way, a signal
+/// aimed at a child never makes the parent shut down.
+///
+/// The child must not have registered the old pipe anywhere yet (an epoll or
+/// io_uring instance watches the pipe itself, not its number): every model sets up
+/// its waiters after the fork. If re-pointing fails, SIGTERM falls back to killing
+/// the child outright, as it would with no handler.
 pub fn child_signals() {
     let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    // SAFETY: installing SIG_IGN/SIG_DFL has no handler-safety requirements.
+    // SAFETY: installing SIG_IGN has no handler-safety requirements.
     unsafe {
         let _ = sigaction(Signal::SIGINT, &ignore);
-        let _ = sigaction(Signal::SIGTERM, &default);
+    }
+    let installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+    let private = installed.as_ref().is_some_and(|s| s.make_private().is_ok());
+    if !private {
+        let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+        // SAFETY: installing SIG_DFL has no handler-safety requirements.
+        unsafe {
+            let _ = sigaction(Signal::SIGTERM, &default);
+        }
+    }
+}
+
+impl Shutdown {
+    /// Point this pipe's descriptors, and the signal handlers' copies, at a new pipe.
+    fn make_private(&self) -> nix::Result<()> {
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+        let onto = |from: &OwnedFd, to: RawFd| {
+            // SAFETY: dup3(2) on descriptors this process owns; `to` stays owned by
+            // whoever owned it (the Shutdown, signal-hook), now naming the new pipe.
+            Errno::result(unsafe { libc::dup3(from.as_raw_fd(), to, libc::O_CLOEXEC) })
+        };
+        onto(&read, self.read.as_raw_fd())?;
+        onto(&write, self.write.as_raw_fd())?;
+        for &fd in HOOKED.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            onto(&write, fd)?;
+        }
+        Ok(()) // `read` and `write` close here; the copies keep the pipe open
     }
 }
 

@@ -17,17 +17,20 @@
 //!   the *thread* that forked; both models fork from the main thread, which lives as
 //!   long as the server.)
 //! - **Signals.** A child ignores SIGINT (Ctrl-C reaches the whole terminal group,
-//!   and the parent tells the child through the shared shutdown pipe) and dies of
-//!   SIGTERM, so a signal aimed at a child never shuts the parent down
-//!   ([`shutdown::child_signals`]).
+//!   and the parent passes it on) and has a shutdown pipe of its own, so SIGTERM
+//!   stops it gracefully, like a server's shutdown, and a signal aimed at a child
+//!   never shuts the parent down ([`shutdown::child_signals`]). Both signals are
+//!   blocked across fork(), so none lands before the child has its own pipe.
 //! - **A panic ends the child**, never unwinds into a copy of the parent's loop; the
 //!   child leaves with `_exit`, so it runs none of the parent's destructors.
 //! - **Reaping.** [`Supervisor::reap`] collects every child that has exited without
 //!   blocking, so no zombies pile up, logs the ones that failed or were killed, and
 //!   hands each back to the model (to free its `--max-conns` place, or replace it).
-//! - **Stopping.** On SIGTERM/SIGINT the children see the shutdown pipe too, finish
-//!   what they owe and exit; [`Supervisor::finish`] waits for them up to the grace
-//!   period, then SIGKILLs the rest and reaps them all.
+//! - **Stopping.** On SIGTERM/SIGINT [`Supervisor::finish`] sends each child
+//!   SIGTERM; they finish what they owe and exit, and it waits for them up to the
+//!   grace period, then SIGKILLs the rest and reaps them all. A SIGTERM to the whole
+//!   process group (systemd stopping the service) reaches every child directly and
+//!   ends the same way.
 //!
 //! fork() in a multi-threaded test harness is exactly what [`Supervisor::new`]
 //! refuses, so this module is tested through the real server: `tests/fork.rs`
@@ -36,7 +39,7 @@
 
 use super::shutdown;
 use anyhow::bail;
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getpid, getppid};
 use std::collections::HashMap;
@@ -91,12 +94,29 @@ impl<T> Supervisor<T> {
     /// panicked). In the parent, `work` is dropped unrun: whatever it owns (the
     /// parent's copy of a client socket) is closed.
     pub fn spawn(&mut self, tag: T, work: impl FnOnce()) -> nix::Result<Pid> {
+        // Held back until the child has its own shutdown pipe: a SIGTERM meant for
+        // the child must not land on the parent's.
+        let mut stop_signals = SigSet::empty();
+        stop_signals.add(Signal::SIGTERM);
+        stop_signals.add(Signal::SIGINT);
+        let mut before = SigSet::empty();
+        pthread_sigmask(
+            SigmaskHow::SIG_BLOCK,
+            Some(&stop_signals),
+            Some(&mut before),
+        )?;
+        let restore = || pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&before), None);
         // SAFETY: the process is single-threaded (checked in `new`), so the child
         // gets a consistent copy of every lock and allocator.
-        match unsafe { fork() }? {
+        let forked = unsafe { fork() };
+        if !matches!(forked, Ok(ForkResult::Child)) {
+            restore()?;
+        }
+        match forked? {
             ForkResult::Child => {
                 die_with(self.me);
                 shutdown::child_signals();
+                let _ = restore();
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
                 // SAFETY: _exit ends the child without running the parent's destructors.
                 unsafe { libc::_exit(if ran.is_ok() { 0 } else { PANICKED }) }
@@ -158,10 +178,13 @@ impl<T> Supervisor<T> {
         }
     }
 
-    /// Shutdown: the children saw the shutdown pipe and are finishing; wait up to
-    /// `grace` for them, then SIGKILL the rest and reap every one.
+    /// Shutdown: tell every child (SIGTERM: each has its own shutdown pipe), wait
+    /// up to `grace` for them to finish, then SIGKILL the rest and reap every one.
     pub fn finish(mut self, grace: Duration) {
         let deadline = Instant::now() + grace;
+        for pid in self.children.keys() {
+            let _ = kill(*pid, Signal::SIGTERM);
+        }
         self.reap(drop);
         while !self.children.is_empty() && Instant::now() < deadline {
             std::thread::sleep(FINISH_TICK);
