@@ -6,6 +6,7 @@
 //! - [`models`]: the talk's servers, one file each.
 //! - [`load`]: `concur load`, the verifying load generator.
 //! - [`merge`]: `concur merge`, many agents' reports made one, exactly.
+//! - [`report_merge`]: what every merge of reports shares (below `hold` and `merge`).
 //! - [`hold`]: `concur hold`, the C10K test: many connections held open at once.
 //! - [`lab`]: `concur lab`, the talk's questions as experiments and a report.
 //! - [`sys`]: CPU time, /proc readings, pinning, descriptor limits.
@@ -26,5 +27,6 @@ pub mod models;
 pub mod output;
 pub mod proctree;
 pub mod protocol;
+pub mod report_merge;
 pub mod serve;
 pub mod sys;
