@@ -118,3 +118,39 @@ pub fn lonely_windows(windows: &[(&str, f64, f64)], what: &str) -> Vec<String> {
     }
     out
 }
+
+/// A change to one report, for the merges' tests.
+#[cfg(test)]
+pub type Change<R> = fn(&mut R);
+
+/// For the merges' tests: the refusals every merge makes, through `merge` (reports in,
+/// named as the test names them). Each case's change, applied to a copy of `base`, is
+/// refused naming the field and the changed report (`second`), in one line; no report
+/// at all is [`MergeError::Empty`]; a report whose histogram `blank` removed is
+/// [`MergeError::Histogram`].
+#[cfg(test)]
+pub fn assert_refused<R: Clone, M: std::fmt::Debug>(
+    base: R,
+    cases: &[(&str, Change<R>)],
+    second: &str,
+    blank: fn(&mut R),
+    merge: impl Fn(Vec<R>) -> Result<M, MergeError>,
+) {
+    for &(field, change) in cases {
+        let mut other = base.clone();
+        change(&mut other);
+        let e = merge(vec![base.clone(), other]).unwrap_err();
+        assert!(
+            matches!(&e, MergeError::Mismatch { field: f, .. } if *f == field),
+            "{field}: {e}"
+        );
+        let text = e.to_string();
+        assert!(text.contains(field) && text.contains(second), "{text}");
+        assert_eq!(text.lines().count(), 1);
+    }
+    assert_eq!(merge(Vec::new()).unwrap_err(), MergeError::Empty);
+    let mut no_histogram = base.clone();
+    blank(&mut no_histogram);
+    let e = merge(vec![base, no_histogram]).unwrap_err();
+    assert!(matches!(e, MergeError::Histogram { .. }), "{e}");
+}

@@ -180,6 +180,7 @@ pub fn merge(reports: &[(String, LoadReport)]) -> Result<LoadReport, MergeError>
 mod tests {
     use super::*;
     use crate::load::report::decode_histogram;
+    use crate::report_merge::assert_refused;
     use proptest::prelude::*;
 
     /// A report as one agent that saw exactly these latencies (ns) would write it.
@@ -373,7 +374,6 @@ mod tests {
 
     #[test]
     fn mismatches_are_refused_naming_the_field() {
-        let base = report(&[5000], (0.0, 1.0));
         type Change = fn(&mut LoadReport);
         let cases: [(&str, Change); 6] = [
             ("service", |r| r.service = "fib".into()),
@@ -383,26 +383,13 @@ mod tests {
             ("n", |r| r.n = 11),
             ("question", |r| r.question = true),
         ];
-        for (field, change) in cases {
-            let mut other = base.clone();
-            change(&mut other);
-            let e = merge(&named(vec![base.clone(), other])).unwrap_err();
-            assert!(
-                matches!(&e, MergeError::Mismatch { field: f, .. } if *f == field),
-                "{field}: {e}"
-            );
-            let text = e.to_string();
-            assert!(
-                text.contains(field) && text.contains("agent1.json"),
-                "{text}"
-            );
-            assert_eq!(text.lines().count(), 1);
-        }
-        assert_eq!(merge(&[]).unwrap_err(), MergeError::Empty);
-        let mut blank = base.clone();
-        blank.histogram.clear();
-        let e = merge(&named(vec![base, blank])).unwrap_err();
-        assert!(matches!(e, MergeError::Histogram { .. }), "{e}");
+        assert_refused(
+            report(&[5000], (0.0, 1.0)),
+            &cases,
+            "agent1.json",
+            |r| r.histogram.clear(),
+            |rs| merge(&named(rs)),
+        );
     }
 
     #[test]
