@@ -2,10 +2,12 @@
 //!
 //! - [`protocol`]: the echo and fib services as sans-I/O state machines.
 //! - [`fib`]: the CPU-bound kernel and `concur fib`.
-//! - [`serve`]: `concur serve`, its options and the pieces every server model shares.
-//! - [`models`]: the talk's servers, one file each.
+//! - [`serve`]: the plumbing every server model shares; it names no model.
+//! - [`models`]: the talk's servers, one file each, and their registry.
+//! - [`serve_cmd`]: `concur serve` on the command line, above the registry it reads.
 //! - [`load`]: `concur load`, the verifying load generator.
 //! - [`merge`]: `concur merge`, many agents' reports made one, exactly.
+//! - [`report_merge`]: what every merge of reports shares (below `hold` and `merge`).
 //! - [`hold`]: `concur hold`, the C10K test: many connections held open at once.
 //! - [`lab`]: `concur lab`, the talk's questions as experiments and a report.
 //! - [`sys`]: CPU time, /proc readings, pinning, descriptor limits.
@@ -26,5 +28,7 @@ pub mod models;
 pub mod output;
 pub mod proctree;
 pub mod protocol;
+pub mod report_merge;
 pub mod serve;
+pub mod serve_cmd;
 pub mod sys;

@@ -40,7 +40,7 @@ enum Command {
     /// Which is faster for CPU-bound work: threads or processes? Measures fib(n) five ways
     Fib(concur::fib::command::FibArgs),
     /// The talk's echo and fib servers, one concurrency model at a time
-    Serve(concur::serve::ServeArgs),
+    Serve(concur::serve_cmd::ServeArgs),
     /// List the concurrency models `serve` has and the facts about each (for scripts)
     Models,
     /// Load a server with verified requests: closed or open loop, latency percentiles
@@ -138,7 +138,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Serve(args) => concur::serve::run(&args).map(|()| 0),
+        Command::Serve(args) => concur::serve_cmd::run(&args).map(|()| 0),
         Command::Models => {
             print_out(&concur::models::render_table())?;
             Ok(0)

@@ -143,7 +143,7 @@ impl<'a> Hold<'a> {
             source_addrs: self.sources_used(),
             fd_limit,
             processes: 1,
-            rtt_us: crate::merge::rtt_of(&self.rtt),
+            rtt_us: super::rtt_of(&self.rtt),
             server: None,
             kernel: None,
             window_start_unix: wall_start,

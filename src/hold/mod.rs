@@ -31,7 +31,7 @@
 //! does not fit in one spreads itself over as many processes as it needs
 //! ([`spread`]): each child holds a share below its own limit and reports on a pipe,
 //! and the parent runs the phases across them in order and merges their reports
-//! exactly (`merge::merge_hold`: counts summed, histograms added). One source address
+//! exactly ([`merge_hold`]: counts summed, histograms added). One source address
 //! has only ~28k ephemeral ports toward one server, so on loopback connections are
 //! spread over 127.0.0.1, 127.0.0.2, ... (`--per-source` each, numbered across all
 //! the processes), bound with `IP_BIND_ADDRESS_NO_PORT` so the port is picked at
@@ -40,11 +40,13 @@
 
 mod cost;
 mod engine;
+mod merge;
 mod report;
 mod spread;
 
 pub use cost::{CLIENT_BYTES_PER_CONN, KERNEL_BYTES_PER_CONN, SERVER_BYTES_PER_CONN};
-pub use report::{HoldReport, KernelStats, Rtt, RttErrors, ServerStats, render};
+pub use merge::{HoldMerge, merge_hold};
+pub use report::{HoldReport, KernelStats, Rtt, RttErrors, ServerStats, render, rtt_of};
 
 use crate::error::bad_input;
 use crate::load::{Service, parse_duration, resolve};

@@ -14,6 +14,7 @@
 //! machine-wide. On loopback that is both ends of every connection, the client's
 //! socket and the server's; at a million connections it is most of the memory.
 
+use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,6 +25,19 @@ pub struct Rtt {
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
+}
+
+/// Round-trip percentiles in microseconds, rounded to 0.1 us as `concur hold` does.
+pub fn rtt_of(h: &Histogram<u64>) -> Rtt {
+    if h.is_empty() {
+        return Rtt::default();
+    }
+    let us = |q: f64| (h.value_at_quantile(q) as f64 / 100.0).round() / 10.0;
+    Rtt {
+        p50: us(0.5),
+        p99: us(0.99),
+        max: us(1.0),
+    }
 }
 
 /// Round trips that failed, by kind (the same kinds as `concur load`).

@@ -29,7 +29,7 @@
 //! show that the server stopped answering, the rest are told to `skip` (counted as
 //! `not_tried`); and every connection is held at once for `--duration` while the
 //! parent reads the server's and the kernel's memory. The children's reports are then
-//! merged exactly by `merge::merge_hold`, the function `concur merge` uses: counts
+//! merged exactly by [`super::merge_hold`], the function `concur merge` uses: counts
 //! summed, round-trip histograms added and percentiles read from the sum.
 //!
 //! Children die with the parent (`PR_SET_PDEATHSIG`, then a check that the parent
@@ -392,7 +392,7 @@ pub(super) fn run(
     for kid in &mut kids.kids {
         let _ = kid.child.wait();
     }
-    let mut r = crate::merge::merge_hold(&reports)?.report;
+    let mut r = super::merge_hold(&reports)?.report;
     r.processes = processes;
     r.in_flight = config.in_flight;
     r.open_secs = open_secs;

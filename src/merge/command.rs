@@ -1,9 +1,9 @@
 //! `concur merge` on the command line: read the reports (files or standard input, a
 //! file may hold several), tell `load` reports from `hold` reports, merge them with
-//! [`super`] and print the usual table or JSON.
+//! [`super::merge`] (or [`merge_hold`]) and print the usual table or JSON.
 
-use super::HoldMerge;
 use crate::error::bad_input;
+use crate::hold::{HoldMerge, merge_hold};
 use crate::load::{LoadReport, report};
 use anyhow::Result;
 
@@ -90,7 +90,7 @@ pub fn run(args: &MergeArgs) -> Result<u8> {
         )));
     }
     if !holds.is_empty() {
-        let merged = super::merge_hold(&holds).map_err(|e| bad_input(e.to_string()))?;
+        let merged = merge_hold(&holds).map_err(|e| bad_input(e.to_string()))?;
         for w in &merged.merge_warnings {
             eprintln!("warning: {w}");
         }

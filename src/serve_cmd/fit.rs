@@ -3,8 +3,8 @@
 //! RLIMIT_NOFILE of them: `concur serve` raises its soft limit to the hard one, and
 //! only a privileged process may go further (on this machine the hard limit is
 //! 20,000, and root may not raise it). Past the limit accept() fails with EMFILE and
-//! new clients wait in the backlog ([`super::accept`] backs off and retries), so a
-//! `--max-conns` the process cannot reach would be found out at the 20,000th
+//! new clients wait in the backlog ([`crate::serve::accept`] backs off and retries),
+//! so a `--max-conns` the process cannot reach would be found out at the 20,000th
 //! client. The server says so at start instead, in one line naming the limit and the
 //! flag that lifts it, and still starts (the default `--max-conns` is 10,000, and a
 //! lower target is the user's to choose).
@@ -18,8 +18,8 @@
 //! The forking models (`processes`, `prefork`) are not checked: their clients'
 //! descriptors are spread over their children.
 
-use super::ServeConfig;
 use crate::models::{ModelInfo, names_where};
+use crate::serve::ServeConfig;
 
 /// Descriptors a process keeps for other things than clients: stdio, its
 /// listener(s), the epoll instance, the shutdown pipe, an eventfd, the offload pool.
@@ -100,7 +100,7 @@ mod tests {
             workers,
             max_conns,
             idle_timeout: None,
-            grace: super::super::GRACE,
+            grace: crate::serve::GRACE,
             offload: false,
             fork,
         }
