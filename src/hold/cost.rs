@@ -1,7 +1,7 @@
 //! What holding costs, read from /proc while it happens: the server's process tree
 //! ([`ServerWatch`]), the kernel's memory ([`KernelWatch`]), and, before anything is
 //! opened, whether the machine has the memory a hold of N connections will need
-//! ([`check_memory`]).
+//! (`check_memory`).
 //!
 //! Both watches take one reading before the first connect and keep the largest of
 //! each figure seen while holding; the difference, divided by the connections held,
@@ -20,7 +20,7 @@ use anyhow::Result;
 /// (832 B), a dentry, a file and an epoll item, plus the slab pages' slack. Measured
 /// with `concur hold` on this kind of machine (Linux 6.18): the slab grew by 10.2 to
 /// 10.3 KB per connection at 19,000 and 40,000 connections. Rounded down to 10 KiB,
-/// for the estimate of [`check_memory`].
+/// for the estimate of `check_memory`.
 pub const KERNEL_BYTES_PER_CONN: u64 = 10 * 1024;
 
 /// This client's own memory per connection: a slot (socket, state, verifier) and

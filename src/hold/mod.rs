@@ -1,7 +1,7 @@
 //! `concur hold`: the talk's C10K question, asked directly. Can the server keep N
 //! connections open at once, and still answer each one?
 //!
-//! Three phases, one epoll loop each ([`engine`]):
+//! Three phases, one epoll loop each (`engine`):
 //!
 //! 1. **Open.** Non-blocking connects, at most `--batch` in progress at a time and no
 //!    more than the server's accept queues have room for (when the server is on this
@@ -21,7 +21,7 @@
 //!    tried are counted as `not_tried` and the phase ends.
 //! 3. **Hold.** Keep everything open for `--duration` (or until the server has closed
 //!    every connection: then nothing is left to hold); a connection the server closes
-//!    meanwhile is counted. What a connection costs is read meanwhile ([`cost`]):
+//!    meanwhile is counted. What a connection costs is read meanwhile (`cost`):
 //!    given `--server-pid`, the memory (PSS), threads and processes of the server's
 //!    whole process tree; and the kernel's slab and TCP buffer memory, which on
 //!    loopback holds both ends of every connection and is most of the cost.
@@ -29,14 +29,14 @@
 //! Limits met on the way, and how they are handled. One process may open only so many
 //! descriptors (here 20,000, a hard limit even root cannot raise), so a hold that
 //! does not fit in one spreads itself over as many processes as it needs
-//! ([`spread`]): each child holds a share below its own limit and reports on a pipe,
+//! (`spread`): each child holds a share below its own limit and reports on a pipe,
 //! and the parent runs the phases across them in order and merges their reports
 //! exactly ([`merge_hold`]: counts summed, histograms added). One source address
 //! has only ~28k ephemeral ports toward one server, so on loopback connections are
 //! spread over 127.0.0.1, 127.0.0.2, ... (`--per-source` each, numbered across all
 //! the processes), bound with `IP_BIND_ADDRESS_NO_PORT` so the port is picked at
 //! connect time. And memory: before opening, the memory the hold will need is
-//! estimated and compared with MemAvailable ([`cost::check_memory`]).
+//! estimated and compared with MemAvailable (`cost::check_memory`).
 
 mod cost;
 mod engine;
@@ -242,7 +242,7 @@ pub fn processes_needed(conns: usize, per_process: u64) -> usize {
 
 /// `concur hold` as the command line runs it: in this process when the connections
 /// fit under its descriptor limit (or `--processes 1`), else spread over child
-/// processes (this binary again, see [`spread`]).
+/// processes (this binary again, see `spread`).
 pub fn hold_spread(config: &HoldConfig) -> Result<HoldReport> {
     let addr = validate(config)?;
     let fd_limit = crate::sys::raise_fd_limit().context("raising the descriptor limit")?;

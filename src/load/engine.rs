@@ -36,7 +36,7 @@
 //! failed), but the thread's first one stays open for reading only, until the
 //! server's line around the bad byte is whole ([`super::verify::Line`]): an `ERR`
 //! line says more than its first byte. Its rest is read while the run goes on; once
-//! the run ends it gets at most [`LINE_WAIT`] more (a line cut between two reads
+//! the run ends it gets at most `LINE_WAIT` more (a line cut between two reads
 //! arrives at once), and whatever came is what the report shows.
 //!
 //! Where the floor is: on loopback the kernel's TCP work is about 90% of this
@@ -882,7 +882,7 @@ impl Loop<'_> {
         }
     }
 
-    /// The run is over: give the first mismatch's line at most [`LINE_WAIT`] more
+    /// The run is over: give the first mismatch's line at most `LINE_WAIT` more
     /// (bounded by `--timeout` and Ctrl-C) to arrive whole, then record it.
     fn finish_capture(&mut self, events: &mut Events) {
         let until = Instant::now() + LINE_WAIT.min(self.plan.timeout);
