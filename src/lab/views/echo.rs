@@ -125,7 +125,13 @@ pub fn view(points: &[Point], servers: &[ServerInfo]) -> View {
         }
         let title = format!("echo, 64-byte requests: {}", family.label());
         chart.push_str(&if conns.len() > 1 {
-            chart::lines(&title, "concurrent connections", "requests/s", true, &mine)
+            chart::lines(
+                &title,
+                "concurrent connections",
+                "requests/s",
+                chart::Scale::LogX,
+                &mine,
+            )
         } else {
             // One connection count: a line would be a column of dots; bars read better.
             let names: Vec<String> = mine.iter().map(|s| s.name.clone()).collect();

@@ -77,7 +77,7 @@ pub(crate) fn family_of(name: &str, servers: &[ServerInfo]) -> Family {
     if name.starts_with("python-") {
         Family::Python
     } else if crate::models::by_name(name).is_some() {
-        if ["blocking", "threads", "processes", "select", "async"].contains(&name) {
+        if crate::lab::servers::TALK_MODELS.contains(&name) {
             Family::Talk
         } else {
             Family::Further
@@ -135,6 +135,8 @@ pub(crate) mod testing {
             notes: vec![],
             commands: BTreeMap::new(),
             servers: vec![],
+            experiment_secs: BTreeMap::new(),
+            scaling_limits: None,
         }
     }
 }
