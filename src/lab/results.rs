@@ -198,8 +198,14 @@ pub fn verification_failure(r: &LoadReport) -> Option<String> {
         let expected = f
             .expected
             .map_or("nothing more".to_string(), |b| format!("{:?}", b as char));
+        // The server's own words first, when the client recorded them: an `ERR` line
+        // explains itself.
+        let said = f
+            .received
+            .as_ref()
+            .map_or(String::new(), |line| format!(": the server answered \"{line}\""));
         format!(
-            ": first wrong byte at offset {} of connection {}'s replies (request {}): got {:?}, expected {expected}",
+            "{said}: first wrong byte at offset {} of connection {}'s replies (request {}): got {:?}, expected {expected}",
             f.offset, f.conn, f.request, f.got as char
         )
     });
@@ -396,6 +402,22 @@ mod tests {
         let why = verification_failure(&bad).unwrap();
         assert!(why.starts_with("failed verification"), "{why}");
         assert!(why.contains("offset 10") && why.contains("'+'"), "{why}");
+        assert!(!why.contains("the server answered"), "{why}");
+        assert_eq!(why.lines().count(), 1);
+        // The server's line, when the client recorded it, comes first.
+        let counts = json!({"refused": 0, "timeout": 0, "mismatch": 1, "closed_early": 0, "connect": 0, "io": 0});
+        let said = load(
+            counts,
+            json!({"conn": 0, "request": 2, "offset": 40, "expected": 49, "got": 69,
+                   "received": "ERR n out of range 0..=42", "received_offset": 40}),
+        );
+        let why = verification_failure(&said).unwrap();
+        assert!(
+            why.starts_with(
+                "failed verification (1 connection got a wrong reply): the server answered \"ERR n out of range 0..=42\": first wrong byte at offset 40"
+            ),
+            "{why}"
+        );
         assert_eq!(why.lines().count(), 1);
     }
 
