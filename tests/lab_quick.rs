@@ -74,12 +74,15 @@ fn check_results(results: &Value) {
             }
             assert!(get("server_cpu_secs") >= 0.0);
         }
-        if p["experiment"] == "scaling" && p["error"].is_null() {
+        if p["experiment"] == "scaling" && p["error"].is_null() && p["skipped"].is_null() {
             let conns = p["params"]["conns"].as_f64().unwrap();
             assert_eq!(metric(p, "opened"), Some(conns), "{p}");
             assert_eq!(metric(p, "answered_ok"), Some(conns), "{p}");
+            assert!(metric(p, "source_addrs").unwrap() >= 1.0, "{p}");
+            assert!(metric(p, "server_processes").unwrap() >= 1.0, "{p}");
         }
     }
+    check_scaling(results);
     // The models every machine can run must have produced real echo numbers.
     for model in ["threads", "async", "select"] {
         let p = points
@@ -94,6 +97,101 @@ fn check_results(results: &Value) {
         .find(|p| p["experiment"] == "cpu" && p["server"] == "rust" && p["case"] == "mode=threads")
         .expect("cpu threads point");
     assert_eq!(metric(cpu_threads, "verified"), Some(1.0));
+}
+
+/// The scaling ladder: the rungs decided beforehand from the registry's facts are
+/// skipped with their reason and no numbers; the rest measured what a connection
+/// costs the server and the kernel; the report says which limits it read.
+fn check_scaling(results: &Value) {
+    let points: Vec<&Value> = results["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["experiment"] == "scaling")
+        .collect();
+    let rungs: Vec<f64> = results["params"]["hold_conns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_f64().unwrap())
+        .collect();
+    assert_eq!(rungs.len(), 2, "--quick climbs two rungs: {rungs:?}");
+    assert!(
+        rungs[1] > 1024.0,
+        "the second rung is past FD_SETSIZE: {rungs:?}"
+    );
+    let at = |server: &str, conns: f64| {
+        points
+            .iter()
+            .find(|p| p["server"] == server && p["params"]["conns"].as_f64() == Some(conns))
+            .copied()
+    };
+    let skipped = |server: &str, conns: f64| -> String {
+        let p = at(server, conns).unwrap_or_else(|| panic!("no {server} point at {conns}"));
+        assert!(
+            p["metrics"].as_object().unwrap().is_empty() && p["error"].is_null(),
+            "a skipped rung has no numbers: {p}"
+        );
+        p["skipped"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{server} at {conns} was not skipped: {p}"))
+            .to_string()
+    };
+    // From the registry's facts, before starting anything: one client at a time and
+    // fixed pools cannot hold the first rung, select cannot watch the second.
+    for m in concur::models::REGISTRY {
+        use concur::models::Ceiling;
+        match m.ceiling {
+            Ceiling::One => assert!(skipped(m.name, rungs[0]).contains("one client at a time")),
+            Ceiling::Workers => assert!(skipped(m.name, rungs[0]).contains("clients at once")),
+            Ceiling::FdSetSize => {
+                assert!(at(m.name, rungs[0]).unwrap()["skipped"].is_null());
+                assert!(skipped(m.name, rungs[1]).contains("FD_SETSIZE (1024)"));
+            }
+            _ => {}
+        }
+        // Nothing runs after a skipped rung.
+        let mine: Vec<&&Value> = points.iter().filter(|p| p["server"] == m.name).collect();
+        if let Some(i) = mine.iter().position(|p| !p["skipped"].is_null()) {
+            assert_eq!(i + 1, mine.len(), "{}: rungs after a skip", m.name);
+        }
+    }
+    // The event loops every machine runs held both rungs, and what it cost was read
+    // from the hold: the server's user space and the kernel's, per connection.
+    for model in ["epoll", "async"] {
+        for &r in &rungs {
+            let p = at(model, r).unwrap_or_else(|| panic!("{model} at {r}"));
+            assert!(p["error"].is_null() && p["skipped"].is_null(), "{p}");
+        }
+    }
+    let top: Vec<&&Value> = points
+        .iter()
+        .filter(|p| p["params"]["conns"].as_f64() == Some(rungs[1]) && p["skipped"].is_null())
+        .collect();
+    assert!(
+        top.iter()
+            .any(|p| metric(p, "kernel_b_per_conn").is_some_and(|b| b > 0.0)),
+        "no kernel cost per connection at {}",
+        rungs[1]
+    );
+    assert!(
+        top.iter()
+            .any(|p| metric(p, "server_b_per_conn").is_some_and(|b| b > 0.0)),
+        "no server cost per connection at {}",
+        rungs[1]
+    );
+    let answer = results["answers"]["scaling"].as_str().unwrap();
+    assert!(answer.contains("FD_SETSIZE"), "{answer}");
+    assert!(answer.contains("in the kernel"), "{answer}");
+    let limits = &results["scaling_limits"];
+    assert!(limits["fd_limit"].as_u64().unwrap() >= 1024, "{limits}");
+    assert!(limits["thread_ceiling"].as_u64().unwrap() > 0, "{limits}");
+    for exp in ["cpu", "echo", "scaling", "fibload"] {
+        assert!(
+            results["experiment_secs"][exp].as_f64().is_some(),
+            "no run time for {exp}"
+        );
+    }
 }
 
 #[test]

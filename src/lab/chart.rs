@@ -167,18 +167,45 @@ fn hbars(
     svg
 }
 
-/// Lines over x (log scale when `log_x`), one per series, with a point at each value.
+/// Which axes of a line chart are logarithmic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    Linear,
+    LogX,
+    /// Both axes: values over orders of magnitude on each (a few hundred bytes per
+    /// connection beside a hundred kilobytes).
+    LogXY,
+}
+
+/// Lines over x, one per series, with a point at each value; on a log axis values
+/// that are not positive are left out.
 pub fn lines(
     title: &str,
     x_label: &str,
     y_label: &str,
-    log_x: bool,
+    scale: Scale,
     series: &[Series<Vec<(f64, f64)>>],
 ) -> String {
+    let log_x = scale != Scale::Linear;
+    let log_y = scale == Scale::LogXY;
+    let kept: Vec<Series<Vec<(f64, f64)>>> = series
+        .iter()
+        .map(|s| Series {
+            name: s.name.clone(),
+            values: s
+                .values
+                .iter()
+                .copied()
+                .filter(|&(x, y)| (!log_x || x > 0.0) && (!log_y || y > 0.0))
+                .collect(),
+        })
+        .collect();
+    let series = &kept[..];
     let points = || series.iter().flat_map(|s| s.values.iter());
     let x_min = points().map(|p| p.0).fold(f64::INFINITY, f64::min);
     let x_max = points().map(|p| p.0).fold(0.0f64, f64::max);
-    let y_max = points().map(|p| p.1).fold(0.0f64, f64::max).max(1e-9) * 1.15;
+    let y_min = points().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let y_max = points().map(|p| p.1).fold(0.0f64, f64::max).max(1e-9);
     if !x_min.is_finite() {
         return svg_fallback(title);
     }
@@ -186,6 +213,11 @@ pub fn lines(
         (x_min * 0.8, x_max * 1.25)
     } else {
         (0.0, x_max * 1.05)
+    };
+    let (y0, y1) = if log_y {
+        (y_min * 0.6, y_max * 1.8)
+    } else {
+        (0.0, y_max * 1.15)
     };
     let mut svg = String::new();
     {
@@ -210,6 +242,8 @@ pub fn lines(
                 let _ = chart
                     .configure_mesh()
                     .light_line_style(TRANSPARENT)
+                    // A log axis would otherwise label every 1..9 x 10^k and crowd.
+                    .y_labels(if log_y { 6 } else { 10 })
                     .x_desc(x_label)
                     .y_desc(y_label)
                     .y_label_formatter(&|y| human(*y))
@@ -233,16 +267,19 @@ pub fn lines(
                 }
             }};
         }
-        if log_x {
-            match builder!().build_cartesian_2d((x0..x1).log_scale(), 0f64..y_max) {
-                Ok(c) => draw!(c),
-                Err(_) => return svg_fallback(title),
-            }
-        } else {
-            match builder!().build_cartesian_2d(x0..x1, 0f64..y_max) {
-                Ok(c) => draw!(c),
-                Err(_) => return svg_fallback(title),
-            }
+        let built = match scale {
+            Scale::LogXY => builder!()
+                .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+                .map(|c| draw!(c)),
+            Scale::LogX => builder!()
+                .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
+                .map(|c| draw!(c)),
+            Scale::Linear => builder!()
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map(|c| draw!(c)),
+        };
+        if built.is_err() {
+            return svg_fallback(title);
         }
         let _ = root.present();
     }
@@ -305,7 +342,7 @@ mod tests {
             "t",
             "x",
             "y",
-            true,
+            Scale::LogX,
             &[Series {
                 name: "epoll".into(),
                 values: vec![(1.0, 5.0), (100.0, 50.0)],
@@ -313,7 +350,30 @@ mod tests {
         );
         assert!(svg.contains("<polyline") || svg.contains("<path"));
         assert!(svg.contains("epoll"));
-        let empty = lines("nothing", "x", "y", false, &[]);
+        let empty = lines("nothing", "x", "y", Scale::Linear, &[]);
         assert!(empty.contains("no data"));
+        // Log on both axes: a zero cannot be drawn and is left out, the rest is.
+        let svg = lines(
+            "t",
+            "x",
+            "y",
+            Scale::LogXY,
+            &[Series {
+                name: "processes".into(),
+                values: vec![(1_000.0, 0.0), (10_000.0, 120_000.0), (100_000.0, 400.0)],
+            }],
+        );
+        assert!(svg.contains("processes") && !svg.contains("no data"));
+        let none = lines(
+            "t",
+            "x",
+            "y",
+            Scale::LogXY,
+            &[Series {
+                name: "z".into(),
+                values: vec![(1.0, 0.0)],
+            }],
+        );
+        assert!(none.contains("no data"));
     }
 }

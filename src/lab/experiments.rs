@@ -3,7 +3,8 @@
 //!
 //! 1. `cpu`: `concur fib` in its five modes, and the same list in CPython.
 //! 2. `echo`: every model x connections with 64-byte requests, and 4 KiB at 100.
-//! 3. `scaling`: `concur hold` at growing connection counts until a model fails.
+//! 3. `scaling`: `concur hold` up the ladder (1k, 10k, 100k, 1M) as far as each
+//!    server's nature and the machine allow (`ladder`).
 //! 4. `fibload`: a fib server with one client asking a heavy fib in a loop.
 //!
 //! Every server is a [`ServerDecl`] (concur's models, the Python peers wherever
@@ -11,9 +12,10 @@
 //! server that answers wrongly fails verification and is not measured further; one
 //! that answers nothing or dies is reported with why, and the others go on.
 
+use super::ladder;
 use super::results::{self, FibRun, SAME_N_CASE};
 use super::runner::{self, Launch, Server};
-use super::servers::{Ladder, ServerDecl, fill};
+use super::servers::{ServerDecl, fill};
 use super::stats::Point;
 use super::{Lab, Plan};
 use crate::hold::HoldReport;
@@ -52,9 +54,10 @@ fn start(
     tag: &str,
     max_conns: u32,
     max_n: u32,
+    workers: u64,
 ) -> Result<Server> {
     let log = lab.logs.join(format!("{}-{tag}.log", decl.name));
-    let command = fill(template, max_conns, max_n);
+    let command = fill(template, max_conns, max_n, workers);
     lab.record(experiment_of(tag), command.clone());
     Server::start(&Launch {
         name: &decl.name,
@@ -187,7 +190,7 @@ pub fn echo(lab: &mut Lab) -> Result<()> {
         }
         lab.step(&format!("echo: starting {}", decl.name));
         let template = decl.echo.clone().unwrap_or_default();
-        let mut server = match start(lab, &decl, &template, "echo", SERVE_MAX_CONNS, 0) {
+        let mut server = match start(lab, &decl, &template, "echo", SERVE_MAX_CONNS, 0, 0) {
             Ok(s) => s,
             Err(e) => {
                 lab.unavailable("echo", &decl.name, &e);
@@ -384,50 +387,71 @@ fn error_kinds(e: &crate::load::report::ErrorCounts) -> String {
 
 // ---------------------------------------------------------------- 3. scaling
 
-/// The rungs a server climbs (see [`Ladder`]).
-fn rungs(plan: &Plan, ladder: Ladder) -> Vec<u32> {
-    plan.hold_conns
-        .iter()
-        .copied()
-        .filter(|&n| match ladder {
-            Ladder::First => n <= plan.hold_conns[0],
-            Ladder::UpTo10k => n <= 10_000,
-            Ladder::All => true,
-        })
-        .collect()
-}
-
-/// `concur hold` at each rung, on a fresh server, until the first failure.
+/// `concur hold` at each rung of the ladder, on a fresh server each time. Before a
+/// rung, [`ladder::decide`] says from the server's nature and the machine's limits
+/// (memory read anew) whether it can fit: a rung that cannot is recorded as skipped
+/// with the reason and not started; a forking event loop gets as many worker
+/// processes as the rung needs. The climb ends at the first rung skipped or fallen short.
 pub fn scaling(lab: &mut Lab) -> Result<()> {
+    let start_limits = ladder::Limits::read(lab.fd_limit, lab.pins.is_some());
+    lab.scaling_limits = Some(results::ScalingLimits {
+        fd_limit: start_limits.fd_limit,
+        thread_ceiling: start_limits.thread_ceiling,
+        process_ceiling: start_limits.process_ceiling,
+        mem_available_bytes: start_limits.mem_available,
+    });
+    let rungs = lab.plan.hold_conns.clone();
     for decl in echo_servers(lab) {
-        let ladder = rungs(&lab.plan, decl.ladder);
         if skip_unverified(lab, "scaling", &decl.name) {
-            lab.skip_steps(ladder.len());
+            lab.skip_steps(rungs.len());
             continue;
         }
-        let template = decl.echo.clone().unwrap_or_default();
-        let mut failed = false;
-        for (i, &n) in ladder.iter().enumerate() {
+        let mut measured = ladder::Measured::default();
+        for (i, &n) in rungs.iter().enumerate() {
             if runner::interrupted() {
                 return Ok(());
             }
-            if failed {
-                lab.skip_steps(1);
-                continue;
-            }
-            lab.step(&format!("scaling: {} holding {n} connections", decl.name));
-            let mut server = match start(lab, &decl, &template, &format!("hold{n}"), n + 1000, 0) {
+            let left = rungs.len() - i - 1;
+            let mut p = Point::new("scaling", &decl.name, &format!("conns={n}"));
+            p.params.insert("conns".into(), n.into());
+            let limits = ladder::Limits::read(lab.fd_limit, lab.pins.is_some());
+            let fork = match ladder::decide(&decl.nature, n, &limits, &measured) {
+                ladder::Decision::Skip(why) => {
+                    p.skipped = Some(why);
+                    lab.points.push(p);
+                    lab.skip_steps(1 + left);
+                    break;
+                }
+                ladder::Decision::Run { fork_workers } => fork_workers,
+            };
+            let template = match (fork, &decl.echo_forked) {
+                (Some(w), Some(t)) => {
+                    p.params.insert("fork_workers".into(), w.into());
+                    t.clone()
+                }
+                _ => decl.echo.clone().unwrap_or_default(),
+            };
+            lab.step(&format!(
+                "scaling: {} holding {n} connections{}",
+                decl.name,
+                fork.map_or(String::new(), |w| format!(" ({w} worker processes)"))
+            ));
+            let tag = format!("hold{n}");
+            let workers = fork.unwrap_or(0);
+            let mut server = match start(lab, &decl, &template, &tag, n + 1000, 0, workers) {
                 Ok(s) => s,
                 Err(e) => {
                     lab.unavailable("scaling", &decl.name, &e);
-                    lab.skip_steps(ladder.len() - i - 1);
+                    lab.skip_steps(left);
                     break;
                 }
             };
-            let mut p = Point::new("scaling", &decl.name, &format!("conns={n}"));
-            p.params.insert("conns".into(), n.into());
+            let mut stop = false;
             match hold_run(lab, &mut server, n, &decl.prefix) {
                 Ok((m, shortfall)) => {
+                    measured = ladder::Measured {
+                        server: m.get("server_b_per_conn").map(|&b| b as u64),
+                    };
                     p.set_runs(&[m]);
                     if let Some(why) = shortfall {
                         let log = std::fs::read_to_string(&server.log).unwrap_or_default();
@@ -435,34 +459,51 @@ pub fn scaling(lab: &mut Lab) -> Result<()> {
                             .map(|l| format!("; the server: {l}"))
                             .unwrap_or_default();
                         p.error = Some(format!("{why}{said}"));
-                        failed = true;
+                        stop = true;
                     }
                 }
                 Err(e) => {
                     p.error = Some(format!("{e:#}"));
-                    failed = true;
+                    stop = true;
                 }
             }
             lab.points.push(p);
             lab.stop(server, &decl, "scaling");
+            if stop {
+                lab.skip_steps(left);
+                break;
+            }
         }
     }
     Ok(())
 }
 
-/// One hold; returns the metrics and, when not every connection opened, answered and
-/// stayed open, why not.
+/// One hold of `n` connections; returns the metrics (the server's and the kernel's
+/// memory per connection as hold measured them through `--server-pid`) and, when not
+/// every connection opened, answered and stayed open, why not.
 fn hold_run(
     lab: &mut Lab,
     server: &mut Server,
     n: u32,
     prefix: &str,
 ) -> Result<(BTreeMap<String, f64>, Option<String>)> {
-    let Some(before) = server.sample(true) else {
-        return Err(anyhow!(
-            server.gone().unwrap_or_else(|| "the server is gone".into())
-        ));
-    };
+    // The readiness check's connection may have left a process-per-client server a
+    // child that has exited and is not yet reaped: /proc has no memory map for it, so
+    // the tree reads without PSS, and hold would measure the whole run in RSS. Wait,
+    // bounded, until the tree reads whole.
+    let settle = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let Some(s) = server.sample(true) else {
+            return Err(anyhow!(
+                server.gone().unwrap_or_else(|| "the server is gone".into())
+            ));
+        };
+        let no_rollup = !std::path::Path::new("/proc/self/smaps_rollup").exists();
+        if s.pss_bytes.is_some() || no_rollup || std::time::Instant::now() >= settle {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let pid = server.pid();
     let mut cmd = Command::new(&lab.exe);
     cmd.args([
@@ -480,56 +521,27 @@ fn hold_run(
         &n.to_string(),
         "--duration",
         &secs(lab.plan.hold_duration),
-    ])
-    .args(["--server-pid", &pid.to_string()]);
+    ]);
+    // Past 10,000 connections a connect or reply may wait behind tens of thousands
+    // of others on a shared machine: a failure there is not a slow answer.
+    if n > 10_000 {
+        cmd.args(["--timeout", "30s"]);
+    }
+    cmd.args(["--server-pid", &pid.to_string()]);
     lab.record(
         "scaling",
         runner::command_line(&cmd)
             .replace(&server.addr, "127.0.0.1:{port}")
             .replace(&format!("--server-pid {pid}"), "--server-pid {pid}"),
     );
-    let mut peak = before;
-    let mut next_sample = Duration::ZERO;
-    let limit = lab.plan.hold_duration + Duration::from_secs(120);
-    let report: HoldReport = runner::run_json(cmd, lab.pins.map(|(_, c)| c), limit, |t| {
-        if t >= next_sample {
-            // Every 100 ms, or twice as long as a reading takes (a reading of ten
-            // thousand forked children is not free, and shares the machine).
-            let took = std::time::Instant::now();
-            if let Some(s) = server.sample(true) {
-                peak.rss_bytes = peak.rss_bytes.max(s.rss_bytes);
-                peak.pss_bytes = match (peak.pss_bytes, s.pss_bytes) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
-                peak.threads = peak.threads.max(s.threads);
-                peak.descendants = peak.descendants.max(s.descendants);
-            }
-            next_sample = t + Duration::from_millis(100).max(took.elapsed() * 2);
-        }
-    })?;
-    let mut m = results::hold_metrics(&report);
-    m.insert(
-        "server_rss_mb".to_string(),
-        peak.rss_bytes as f64 / 1048576.0,
-    );
-    m.insert("server_threads".to_string(), peak.threads as f64);
-    m.insert("server_children".to_string(), peak.descendants as f64);
-    if report.opened > 0 {
-        let per_conn = |grown: u64| grown as f64 / 1024.0 / report.opened as f64;
-        m.insert(
-            "rss_kb_per_conn".into(),
-            per_conn(peak.rss_bytes.saturating_sub(before.rss_bytes)),
-        );
-        if let (Some(after), Some(start)) = (peak.pss_bytes, before.pss_bytes) {
-            m.insert("server_pss_mb".to_string(), after as f64 / 1048576.0);
-            m.insert(
-                "pss_kb_per_conn".into(),
-                per_conn(after.saturating_sub(start)),
-            );
-        }
-    }
-    Ok((m, results::hold_shortfall(&report)))
+    // About three minutes for a million (opening, round trips, the kernel closing two
+    // million sockets), with room for a busy machine.
+    let limit = lab.plan.hold_duration + Duration::from_secs(120 + u64::from(n) / 2_500);
+    let report: HoldReport = runner::run_json(cmd, lab.pins.map(|(_, c)| c), limit, |_| {})?;
+    Ok((
+        results::hold_metrics(&report),
+        results::hold_shortfall(&report),
+    ))
 }
 
 // ---------------------------------------------------------------- 4. fibload
@@ -567,6 +579,7 @@ pub fn fibload(lab: &mut Lab) -> Result<()> {
             &format!("fib-{label}"),
             SERVE_MAX_CONNS,
             heavy,
+            0,
         ) {
             Ok(s) => s,
             Err(e) => {
@@ -638,10 +651,7 @@ pub fn planned_steps(plan: &Plan, servers: &[ServerDecl], python: bool) -> usize
         total += echo_list.len() * (1 + echo_cases * plan.repeat);
     }
     if has("scaling") {
-        total += echo_list
-            .iter()
-            .map(|d| rungs(plan, d.ladder).len())
-            .sum::<usize>();
+        total += echo_list.len() * plan.hold_conns.len();
     }
     if has("fibload") {
         total += fibload_configs(servers).len() * (1 + 2 * plan.repeat);

@@ -17,6 +17,19 @@ pub fn human(x: f64) -> String {
     }
 }
 
+/// An exact count with thousands separated: 100064 -> "100,064".
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A table cell: the number in [`human`] form, or `-` when not measured.
 pub fn cell(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), human)
@@ -55,6 +68,10 @@ mod tests {
         assert_eq!(human(1500.0), "1.5k");
         assert_eq!(human(0.25), "0.25");
         assert_eq!(cell(None), "-");
+        assert_eq!(grouped(100_064), "100,064");
+        assert_eq!(grouped(1_000_000), "1,000,000");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(0), "0");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod chart;
 pub mod config;
 pub mod experiments;
 pub mod fmt;
+pub mod ladder;
 pub mod progress;
 pub mod render;
 pub mod results;
@@ -43,7 +44,9 @@ pub struct LabArgs {
     /// Repeats per point; the median is shown [default: 3, or 1 with --quick]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub repeat: Option<u32>,
-    /// The largest connection count the scaling experiment tries [default: 50000]
+    /// The top of the scaling experiment's ladder (1k, 10k, 100k, 1M), to stop lower
+    /// (the million rung takes about three minutes and 11 GB of memory: 100000 saves
+    /// them) [default: 1000000; with --quick the ladder is 200, 2000]
     #[arg(long, value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
     pub conns_max: Option<u32>,
     /// Comma-separated models to run [default: every model concur serve has]
@@ -96,6 +99,7 @@ pub struct Plan {
     pub experiments: Vec<String>,
     pub echo_conns: Vec<u32>,
     pub big_conns: u32,
+    /// The scaling ladder's rungs (each server climbs as far as it can).
     pub hold_conns: Vec<u32>,
     #[serde(serialize_with = "as_millis")]
     pub hold_duration: Duration,
@@ -113,9 +117,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Resolve the options; `fd_limit` (descriptors per process) caps the scaling ladder,
-    /// since a server holding N connections needs N descriptors.
-    pub fn from_args(args: &LabArgs, file: &config::LabFile, fd_limit: u64) -> Result<Plan> {
+    /// Resolve the options.
+    pub fn from_args(args: &LabArgs, file: &config::LabFile) -> Result<Plan> {
         let servers_only = args.servers_only || file.servers_only.unwrap_or(false);
         let models = if servers_only {
             Vec::new()
@@ -134,7 +137,7 @@ impl Plan {
         let quick = args.quick || file.quick.unwrap_or(false);
         let conns_max = match (args.conns_max, file.conns_max) {
             (Some(c), _) | (None, Some(c)) => c,
-            (None, None) => 50_000,
+            (None, None) => ladder::DEFAULT_CONNS_MAX,
         };
         if !(10..=1_000_000).contains(&conns_max) {
             return Err(bad_input(format!(
@@ -158,22 +161,14 @@ impl Plan {
                  --fib-server or --config",
             ));
         }
-        let mut hold_conns: Vec<u32> = if quick {
-            vec![200]
-        } else {
-            vec![1000, 10_000, conns_max]
-        };
-        let fits = u32::try_from(fd_limit.saturating_sub(1000) / 1000 * 1000).unwrap_or(u32::MAX);
-        let top = conns_max.min(fits.max(1000));
-        for n in &mut hold_conns {
-            *n = (*n).min(top);
-        }
-        hold_conns.retain(|&n| n <= conns_max);
-        if hold_conns.is_empty() {
-            hold_conns.push(conns_max);
-        }
-        hold_conns.sort_unstable();
-        hold_conns.dedup();
+        let hold_conns = ladder::rungs(
+            if quick {
+                &ladder::QUICK_RUNGS
+            } else {
+                &ladder::RUNGS
+            },
+            conns_max,
+        );
         Ok(Plan {
             quick,
             repeat: repeat.map_or(if quick { 1 } else { 3 }, |r| r as usize),
@@ -274,6 +269,10 @@ pub struct Lab {
     pub unverified: std::collections::BTreeMap<String, String>,
     /// Experiment id to the exact command lines it ran (servers and clients).
     pub commands: std::collections::BTreeMap<String, Vec<String>>,
+    /// Descriptors each process may open (raised as far as it goes; children inherit it).
+    pub fd_limit: u64,
+    /// The limits the scaling ladder read when it started.
+    pub scaling_limits: Option<results::ScalingLimits>,
     progress: progress::Progress,
 }
 
@@ -356,7 +355,7 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
         None => config::LabFile::default(),
     };
     let fd_limit = crate::sys::raise_fd_limit().unwrap_or(1024);
-    let plan = Plan::from_args(args, &file, fd_limit)?;
+    let plan = Plan::from_args(args, &file)?;
     let python = find_python(plan.no_python);
     let peers = peers_dir();
     let python_ok = python.is_some() && peers.join("common.py").is_file();
@@ -406,26 +405,16 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
         servers,
         unverified: Default::default(),
         commands: Default::default(),
+        fd_limit,
+        scaling_limits: None,
         progress,
     };
-    if plan
-        .hold_conns
-        .last()
-        .is_some_and(|&top| top < args.conns_max.or(file.conns_max).unwrap_or(50_000))
-        && !plan.quick
-    {
-        lab.notes.push(format!(
-            "Each process here may open at most {fd_limit} descriptors (its hard limit, which \
-             this process may not raise), so one server cannot hold more than that: the scaling \
-             experiment stops at {} connections instead of --conns-max {}.",
-            plan.hold_conns.last().copied().unwrap_or(0),
-            args.conns_max.or(file.conns_max).unwrap_or(50_000)
-        ));
-    }
+    let mut experiment_secs = std::collections::BTreeMap::new();
     for exp in &plan.experiments {
         if runner::interrupted() {
             break;
         }
+        let began = std::time::Instant::now();
         let outcome = match exp.as_str() {
             "cpu" => experiments::cpu(&mut lab),
             "echo" => experiments::echo(&mut lab),
@@ -436,6 +425,7 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
         if let Err(e) = outcome {
             lab.notes.push(format!("{exp}: {e:#}"));
         }
+        experiment_secs.insert(exp.clone(), began.elapsed().as_secs_f64());
     }
     lab.progress.finish();
     let mut results = Results {
@@ -455,8 +445,12 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
             .map(|d| results::ServerInfo {
                 name: d.name.clone(),
                 family: d.family,
+                ceiling: d.nature.ceiling.map(|c| c.name().to_string()),
+                counterpart: d.counterpart.clone(),
             })
             .collect(),
+        experiment_secs,
+        scaling_limits: lab.scaling_limits.clone(),
     };
     let mut views = views::views(&results);
     views.retain(|v| plan.experiments.iter().any(|e| e == v.id));
@@ -559,50 +553,54 @@ mod tests {
         lab: LabArgs,
     }
 
-    fn plan(args: &[&str], fd_limit: u64) -> Result<Plan> {
+    fn plan(args: &[&str]) -> Result<Plan> {
         let cli = Cli::try_parse_from(std::iter::once("lab").chain(args.iter().copied())).unwrap();
-        Plan::from_args(&cli.lab, &config::LabFile::default(), fd_limit)
+        Plan::from_args(&cli.lab, &config::LabFile::default())
     }
 
     #[test]
-    fn scaling_ladder_fits_the_descriptor_limit() {
+    fn the_scaling_ladder_climbs_to_conns_max() {
         assert_eq!(
-            plan(&[], 1_048_576).unwrap().hold_conns,
-            [1000, 10_000, 50_000]
+            plan(&[]).unwrap().hold_conns,
+            [1000, 10_000, 100_000, 1_000_000]
         );
         assert_eq!(
-            plan(&[], 20_000).unwrap().hold_conns,
-            [1000, 10_000, 19_000]
+            plan(&["--conns-max", "100000"]).unwrap().hold_conns,
+            [1000, 10_000, 100_000]
         );
         assert_eq!(
-            plan(&["--conns-max", "5000"], 20_000).unwrap().hold_conns,
+            plan(&["--conns-max", "5000"]).unwrap().hold_conns,
             [1000, 5000]
         );
-        assert_eq!(plan(&["--quick"], 20_000).unwrap().hold_conns, [200]);
+        assert_eq!(plan(&["--quick"]).unwrap().hold_conns, [200, 2000]);
+        assert_eq!(
+            plan(&["--quick", "--conns-max", "1000000"])
+                .unwrap()
+                .hold_conns,
+            [200, 2000],
+            "--quick stays small"
+        );
     }
 
     #[test]
     fn quick_is_small_and_defaults_repeat_three_times() {
-        let quick = plan(&["--quick"], 20_000).unwrap();
+        let quick = plan(&["--quick"]).unwrap();
         assert_eq!((quick.repeat, quick.echo_conns.len()), (1, 1));
-        let full = plan(&[], 20_000).unwrap();
+        let full = plan(&[]).unwrap();
         assert_eq!(
             (full.repeat, full.echo_conns.clone()),
             (3, vec![1, 10, 100, 1000])
         );
-        assert_eq!(
-            plan(&["--repeat", "5", "--quick"], 20_000).unwrap().repeat,
-            5
-        );
+        assert_eq!(plan(&["--repeat", "5", "--quick"]).unwrap().repeat, 5);
     }
 
     #[test]
     fn unknown_names_are_refused() {
-        let err = plan(&["--models", "threads,fibers"], 20_000).unwrap_err();
+        let err = plan(&["--models", "threads,fibers"]).unwrap_err();
         assert_eq!(crate::error::exit_code(&err), 2);
         assert!(err.to_string().contains("unknown model 'fibers'"), "{err}");
         assert_eq!(
-            plan(&["--models", "epoll,async"], 20_000).unwrap().models,
+            plan(&["--models", "epoll,async"]).unwrap().models,
             ["epoll", "async"]
         );
     }

@@ -38,7 +38,53 @@ pub fn header(results: &Results) -> Vec<(String, String)> {
     if results.started_unix > 0 {
         h.push(("started".to_string(), utc(results.started_unix)));
     }
+    if !results.experiment_secs.is_empty() {
+        let total: f64 = results.experiment_secs.values().sum();
+        let each: Vec<String> = super::results::EXPERIMENTS
+            .iter()
+            .filter_map(|e| {
+                let t = results.experiment_secs.get(*e)?;
+                Some(format!("{e} {}", duration(*t)))
+            })
+            .collect();
+        h.push((
+            "run time".to_string(),
+            format!("{} ({})", duration(total), each.join(", ")),
+        ));
+    }
+    if let Some(l) = &results.scaling_limits {
+        let mem = l.mem_available_bytes.map_or(String::new(), |b| {
+            format!(
+                ", {:.1} GB of memory available when scaling began",
+                b as f64 / 1e9
+            )
+        });
+        h.push((
+            "limits".to_string(),
+            format!(
+                "{} descriptors per process, a thread ceiling of {}, {} process ids{mem}",
+                super::fmt::grouped(l.fd_limit),
+                super::fmt::grouped(l.thread_ceiling),
+                super::fmt::grouped(l.process_ceiling)
+            ),
+        ));
+    }
     h
+}
+
+/// A table cell that holds a number (`45k`, `0.15`, `-`, `45k (44k–47k)`, `12 (RSS)`).
+fn numeric(cell: &str) -> bool {
+    cell.starts_with(|c: char| c.is_ascii_digit()) || cell == "-" || cell.is_empty()
+}
+
+/// Seconds as `48 s` or `3 min 12 s`.
+fn duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    if s < 60 {
+        format!("{s} s")
+    } else {
+        format!("{} min {} s", s / 60, s % 60)
+    }
 }
 
 /// Unix seconds as `2026-11-27 01:24 UTC` (civil-from-days, proleptic Gregorian).
@@ -135,11 +181,11 @@ pub fn params_list(p: &serde_json::Value) -> Vec<(String, String)> {
         out.push((
             "scaling".into(),
             format!(
-                "hold {} connections, {} ms each",
+                "a ladder of {} connections held {} ms each, every server as far as it can",
                 hold.iter()
-                    .map(u64::to_string)
+                    .map(|&n| super::fmt::grouped(n))
                     .collect::<Vec<_>>()
-                    .join(", then "),
+                    .join(", "),
                 num("hold_duration").unwrap_or(0)
             ),
         ));
@@ -169,7 +215,7 @@ pub fn html(results: &Results, views: &[View]) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>concur lab report</title>\n<style>\
 body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}\
 table{{border-collapse:collapse;margin:1em 0;font-size:0.9em}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
-td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}\
+td:first-child,th:first-child,td.text{{text-align:left}}th{{background:#f3f3f3}}\
 blockquote{{color:#555;border-left:4px solid #ddd;margin:0;padding-left:1em}}.answer{{background:#eef6ee;padding:0.6em 1em}}\
 .warn{{background:#fff3e0;padding:0.6em 1em}}code{{word-break:break-all}}\
 pre{{white-space:pre-wrap;word-break:break-all;font-size:0.8em;background:#f7f7f7;padding:0.5em}}.facts{{list-style:none;padding:0}}</style></head><body>\n<h1>concur lab report</h1>\n"
@@ -217,7 +263,12 @@ pre{{white-space:pre-wrap;word-break:break-all;font-size:0.8em;background:#f7f7f
         for r in &v.rows {
             s.push_str("<tr>");
             for c in r {
-                let _ = write!(s, "<td>{}</td>", escape(c));
+                // Numbers align right, words (a reason, a name) read from the left.
+                if numeric(c) {
+                    let _ = write!(s, "<td>{}</td>", escape(c));
+                } else {
+                    let _ = write!(s, "<td class=\"text\">{}</td>", escape(c));
+                }
             }
             s.push_str("</tr>\n");
         }
@@ -289,13 +340,14 @@ pub fn markdown(results: &Results, views: &[View]) -> String {
 
 /// What changed between two runs, point by point, for the headline metrics.
 pub fn compare(old: &Results, new: &Results) -> String {
-    const METRICS: [&str; 8] = [
+    const METRICS: [&str; 9] = [
         "req_per_s",
         "p99_us",
         "server_cpu_us_per_req",
         "speedup",
         "wall_secs",
-        "rss_kb_per_conn",
+        "server_b_per_conn",
+        "kernel_b_per_conn",
         "opened",
         "answered_ok",
     ];
@@ -417,7 +469,15 @@ mod tests {
         );
         r.params = serde_json::json!({"repeat": 3, "experiments": ["echo"], "models": [],
             "fib_rust_n": [40, 40, 40, 40], "fib_python_n": [30, 30, 30, 30],
-            "echo_conns": [1, 10], "big_conns": 100, "duration": 1000, "timeout": 2000});
+            "echo_conns": [1, 10], "big_conns": 100, "duration": 1000, "timeout": 2000,
+            "hold_conns": [1000, 10000, 100000], "hold_duration": 1000});
+        r.experiment_secs = [("echo".to_string(), 95.4), ("cpu".to_string(), 30.0)].into();
+        r.scaling_limits = Some(crate::lab::results::ScalingLimits {
+            fd_limit: 20_000,
+            thread_ceiling: 13_106,
+            process_ceiling: 32_768,
+            mem_available_bytes: Some(23_800_000_000),
+        });
         let views = crate::lab::views::views(&r);
         let page = html(&r, &views);
         for needle in [
@@ -428,6 +488,9 @@ mod tests {
             "repeats per point: 3",
             "fib(40)x4 in Rust, fib(30)x4 in CPython",
             "64-byte requests at 1, 10 connections",
+            "a ladder of 1,000, 10,000, 100,000 connections held 1000 ms each",
+            "2 min 5 s (cpu 30 s, echo 1 min 35 s)",
+            "20,000 descriptors per process, a thread ceiling of 13,106, 32,768 process ids, 23.8 GB",
             "--addr 127.0.0.1:{port} --prefix &#39;Received: &#39;",
         ] {
             let needle = needle.replace("&#39;", "'");

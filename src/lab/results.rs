@@ -42,16 +42,41 @@ pub struct Results {
     /// port each got) and clients (`{pid}` the server's).
     #[serde(default)]
     pub commands: BTreeMap<String, Vec<String>>,
-    /// The servers of the run in order, with their family.
+    /// The servers of the run in order, with their family and facts.
     #[serde(default)]
     pub servers: Vec<ServerInfo>,
+    /// Experiment id to its wall time, seconds.
+    #[serde(default)]
+    pub experiment_secs: BTreeMap<String, f64>,
+    /// The machine's limits the scaling ladder decided by (absent when it did not run).
+    #[serde(default)]
+    pub scaling_limits: Option<ScalingLimits>,
 }
 
-/// A server of the run, as the report groups it.
+/// A server of the run, as the report groups it and its answers speak of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerInfo {
     pub name: String,
     pub family: Family,
+    /// What bounds the clients it serves at once, as `concur models` names it
+    /// (`one`, `threads`, `descriptors`...); absent for a user's server.
+    #[serde(default)]
+    pub ceiling: Option<String>,
+    /// For a Python peer, the concur model written the same way.
+    #[serde(default)]
+    pub counterpart: Option<String>,
+}
+
+/// The limits the scaling ladder read at the start of the experiment (memory is read
+/// again before each rung; the skipped rungs quote what they saw).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScalingLimits {
+    /// Descriptors per process.
+    pub fd_limit: u64,
+    pub thread_ceiling: u64,
+    pub process_ceiling: u64,
+    /// MemAvailable when the experiment started, bytes.
+    pub mem_available_bytes: Option<u64>,
 }
 
 /// The machine's facts.
@@ -173,8 +198,14 @@ pub fn verification_failure(r: &LoadReport) -> Option<String> {
         let expected = f
             .expected
             .map_or("nothing more".to_string(), |b| format!("{:?}", b as char));
+        // The server's own words first, when the client recorded them: an `ERR` line
+        // explains itself.
+        let said = f
+            .received
+            .as_ref()
+            .map_or(String::new(), |line| format!(": the server answered \"{line}\""));
         format!(
-            ": first wrong byte at offset {} of connection {}'s replies (request {}): got {:?}, expected {expected}",
+            "{said}: first wrong byte at offset {} of connection {}'s replies (request {}): got {:?}, expected {expected}",
             f.offset, f.conn, f.request, f.got as char
         )
     });
@@ -242,7 +273,11 @@ pub fn server_reason(log: &str) -> Option<String> {
     Some(said)
 }
 
-/// The client's side of one `concur hold` run.
+/// One `concur hold` run: the client's side, and what a connection cost as hold
+/// measured it (`--server-pid`): the server's user space (`server_b_per_conn`: growth
+/// in private memory over its process tree; `server_rss_b_per_conn` instead where PSS
+/// could not be read throughout) and the kernel's (`kernel_b_per_conn`: slab and TCP
+/// buffers, machine-wide, both loopback ends), per connection.
 pub fn hold_metrics(r: &HoldReport) -> Metrics {
     let mut m = Metrics::from([
         ("opened".to_string(), r.opened as f64),
@@ -253,10 +288,40 @@ pub fn hold_metrics(r: &HoldReport) -> Metrics {
             r.closed_while_holding as f64,
         ),
         ("open_secs".to_string(), r.open_secs),
+        ("open_per_sec".to_string(), r.open_per_sec),
+        ("source_addrs".to_string(), r.source_addrs as f64),
+        ("hold_processes".to_string(), r.processes.max(1) as f64),
     ]);
     if r.answered_ok > 0 {
         m.insert("rtt_p50_us".into(), r.rtt_us.p50);
         m.insert("rtt_p99_us".into(), r.rtt_us.p99);
+    }
+    if let Some(s) = &r.server {
+        let mb = |b: u64| b as f64 / 1048576.0;
+        let (_, holding) = s.memory_bytes();
+        let key = if s.memory == "pss" {
+            "server_pss_mb"
+        } else {
+            "server_rss_mb"
+        };
+        m.insert(key.into(), mb(holding));
+        m.insert("server_rss_mb".into(), mb(s.rss_holding_bytes));
+        m.insert("server_threads".into(), s.threads_holding as f64);
+        m.insert("server_processes".into(), s.processes_holding.max(1) as f64);
+        // Private memory only where every reading had PSS for the whole tree; else the
+        // growth is RSS, which counts a forked child's shared pages once per child: kept
+        // under its own name, never mixed with the private figures.
+        if let Some(b) = s.bytes_per_conn(r.opened) {
+            let key = if s.memory == "pss" {
+                "server_b_per_conn"
+            } else {
+                "server_rss_b_per_conn"
+            };
+            m.insert(key.into(), b as f64);
+        }
+    }
+    if let Some(b) = r.kernel.as_ref().and_then(|k| k.bytes_per_conn(r.opened)) {
+        m.insert("kernel_b_per_conn".into(), b as f64);
     }
     m
 }
@@ -337,6 +402,22 @@ mod tests {
         let why = verification_failure(&bad).unwrap();
         assert!(why.starts_with("failed verification"), "{why}");
         assert!(why.contains("offset 10") && why.contains("'+'"), "{why}");
+        assert!(!why.contains("the server answered"), "{why}");
+        assert_eq!(why.lines().count(), 1);
+        // The server's line, when the client recorded it, comes first.
+        let counts = json!({"refused": 0, "timeout": 0, "mismatch": 1, "closed_early": 0, "connect": 0, "io": 0});
+        let said = load(
+            counts,
+            json!({"conn": 0, "request": 2, "offset": 40, "expected": 49, "got": 69,
+                   "received": "ERR n out of range 0..=42", "received_offset": 40}),
+        );
+        let why = verification_failure(&said).unwrap();
+        assert!(
+            why.starts_with(
+                "failed verification (1 connection got a wrong reply): the server answered \"ERR n out of range 0..=42\": first wrong byte at offset 40"
+            ),
+            "{why}"
+        );
         assert_eq!(why.lines().count(), 1);
     }
 
@@ -351,6 +432,43 @@ mod tests {
             "server": null, "window_start_unix": 0.0, "window_end_unix": 0.4,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_holds_costs_per_connection_keep_their_measure() {
+        let mut r = hold(10, 10, 0);
+        r.server = Some(
+            serde_json::from_value(json!({
+                "pid": 1, "rss_before_bytes": 1000, "rss_holding_bytes": 101_000,
+                "pss_before_bytes": 900, "pss_holding_bytes": 20_900,
+                "private_before_bytes": 800, "private_holding_bytes": 4_800,
+                "memory": "pss", "threads_before": 1, "threads_holding": 1,
+                "children_before": 6, "children_holding": 6,
+                "processes_before": 7, "processes_holding": 7,
+            }))
+            .unwrap(),
+        );
+        r.kernel = Some(
+            serde_json::from_value(json!({
+                "slab_before_bytes": 0, "slab_holding_bytes": 102_400,
+                "sunreclaim_before_bytes": 0, "sunreclaim_holding_bytes": 0,
+                "tcp_mem_before_bytes": 0, "tcp_mem_holding_bytes": 0,
+                "tcp_inuse_before": 0, "tcp_inuse_holding": 20,
+                "mem_available_before_bytes": 1, "both_ends": true,
+            }))
+            .unwrap(),
+        );
+        let m = hold_metrics(&r);
+        assert_eq!(m["server_b_per_conn"], 400.0, "private growth / opened");
+        assert_eq!(m["kernel_b_per_conn"], 10_240.0);
+        assert_eq!(m["server_processes"], 7.0);
+        assert!(m.contains_key("server_pss_mb"));
+        assert!(!m.contains_key("server_rss_b_per_conn"));
+        // PSS lost in one reading: the RSS growth, under its own name.
+        r.server.as_mut().unwrap().memory = "rss".into();
+        let m = hold_metrics(&r);
+        assert_eq!(m["server_rss_b_per_conn"], 10_000.0);
+        assert!(!m.contains_key("server_b_per_conn") && !m.contains_key("server_pss_mb"));
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! must listen on, 127.0.0.1), `{max_conns}` (the connections the experiment will
 //! open, plus headroom) and `{max_n}` (the largest fib the experiment asks).
 
+use super::ladder::Nature;
 use crate::error::bad_input;
-use crate::models::{Ceiling, ModelInfo};
+use crate::models::Ceiling;
 use anyhow::Result;
 
 /// Which family a server belongs to: the report groups them so each can be found.
@@ -40,18 +41,6 @@ impl Family {
     }
 }
 
-/// How far up the scaling ladder a server is taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ladder {
-    /// One client at a time: only the first rung.
-    First,
-    /// A process or thread per client, or a fixed pool: up to 10k (50k processes would
-    /// not fit in memory, and a pool fails well before).
-    UpTo10k,
-    /// Every rung, until it fails.
-    All,
-}
-
 /// One server the lab can run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerDecl {
@@ -67,7 +56,13 @@ pub struct ServerDecl {
     pub fib_offload: Option<String>,
     /// The heavy fib(K) the fibload experiment asks of it.
     pub heavy_n: u32,
-    pub ladder: Ladder,
+    /// What the scaling ladder knows of it before each rung.
+    pub nature: Nature,
+    /// Its echo command as `--fork --workers {workers}` event-loop processes, for a
+    /// model whose loops can fork (`fork_loops`): the rungs one process cannot hold.
+    pub echo_forked: Option<String>,
+    /// For a Python peer, the concur model written the same way (the answers compare them).
+    pub counterpart: Option<String>,
     /// A concur model: its facts (the ten are compared by them in the answers).
     pub model: bool,
     /// Seconds to wait for it to exit after SIGTERM before killing it (and noting it).
@@ -88,17 +83,59 @@ pub const PYTHON_SERVERS: [(&str, &str); 5] = [
     ("python-asyncio", "asyncio_server.py"),
 ];
 
-/// How far a Python peer climbs: as its Rust model would.
-fn python_ladder(name: &str) -> Ladder {
-    match name {
-        "python-blocking" => Ladder::First,
-        "python-threads" | "python-processes" => Ladder::UpTo10k,
-        _ => Ladder::All,
-    }
+/// What the lab knows of a Python peer, declared here beside [`PYTHON_SERVERS`] as the
+/// registry declares it of concur's models.
+struct PeerFacts {
+    name: &'static str,
+    /// What bounds the clients it serves at once.
+    ceiling: Ceiling,
+    /// It holds every connection in one process.
+    one_process: bool,
+    /// The concur model written the same way.
+    counterpart: &'static str,
+}
+
+/// The facts of each of [`PYTHON_SERVERS`]. The selectors loop uses
+/// `selectors.DefaultSelector`, epoll on Linux: FD_SETSIZE does not bound it.
+const PEER_FACTS: [PeerFacts; 5] = [
+    PeerFacts {
+        name: "python-blocking",
+        ceiling: Ceiling::One,
+        one_process: true,
+        counterpart: "blocking",
+    },
+    PeerFacts {
+        name: "python-threads",
+        ceiling: Ceiling::Threads,
+        one_process: true,
+        counterpart: "threads",
+    },
+    PeerFacts {
+        name: "python-processes",
+        ceiling: Ceiling::Processes,
+        one_process: false,
+        counterpart: "processes",
+    },
+    PeerFacts {
+        name: "python-selectors",
+        ceiling: Ceiling::Descriptors,
+        one_process: true,
+        counterpart: "select",
+    },
+    PeerFacts {
+        name: "python-asyncio",
+        ceiling: Ceiling::Descriptors,
+        one_process: true,
+        counterpart: "async",
+    },
+];
+
+fn peer_facts(name: &str) -> Option<&'static PeerFacts> {
+    PEER_FACTS.iter().find(|f| f.name == name)
 }
 
 /// The models the talk shows; the rest of the registry are "further models".
-const TALK_MODELS: [&str; 5] = ["blocking", "threads", "processes", "select", "async"];
+pub(crate) const TALK_MODELS: [&str; 5] = ["blocking", "threads", "processes", "select", "async"];
 
 /// What the built-in entries need to know of this run.
 pub struct Builtins<'a> {
@@ -138,7 +175,13 @@ pub fn builtin(b: &Builtins) -> Vec<ServerDecl> {
                 .event_loop
                 .then(|| format!("{serve} --service fib --max-n {{max_n}} --offload")),
             heavy_n: b.heavy,
-            ladder: ladder_of(info),
+            nature: Nature::of_model(info),
+            echo_forked: info.fork_loops.then(|| {
+                format!(
+                    "{serve} --service echo --max-conns {{max_conns}} --workers {{workers}} --fork"
+                )
+            }),
+            counterpart: None,
             model: true,
             grace_secs: 8,
         });
@@ -151,6 +194,7 @@ pub fn builtin(b: &Builtins) -> Vec<ServerDecl> {
                 sh_quote(&dir.join(file).to_string_lossy())
             );
             let fib = ["python-asyncio", "python-threads"].contains(&name);
+            let facts = peer_facts(name);
             list.push(ServerDecl {
                 name: name.to_string(),
                 family: Family::Python,
@@ -159,23 +203,20 @@ pub fn builtin(b: &Builtins) -> Vec<ServerDecl> {
                 fib: fib.then(|| format!("{run} --service fib --max-n {{max_n}}")),
                 fib_offload: None,
                 heavy_n: b.heavy_python,
-                ladder: python_ladder(name),
+                nature: facts.map_or(Nature::UNKNOWN, |f| Nature {
+                    ceiling: Some(f.ceiling),
+                    one_process: f.one_process,
+                    fork_loops: false,
+                    pool_per_core: 0,
+                }),
+                echo_forked: None,
+                counterpart: facts.map(|f| f.counterpart.to_string()),
                 model: false,
                 grace_secs: 8,
             });
         }
     }
     list
-}
-
-fn ladder_of(info: &ModelInfo) -> Ladder {
-    if info.one_at_a_time() {
-        Ladder::First
-    } else if info.forks || info.ceiling == Ceiling::Workers {
-        Ladder::UpTo10k
-    } else {
-        Ladder::All
-    }
 }
 
 /// A user's server as given on the command line or in lab.toml.
@@ -256,7 +297,9 @@ pub fn user(
                     fib: None,
                     fib_offload: None,
                     heavy_n: default_heavy,
-                    ladder: Ladder::All,
+                    nature: Nature::UNKNOWN,
+                    echo_forked: None,
+                    counterpart: None,
                     model: false,
                     grace_secs: 3,
                 });
@@ -286,11 +329,12 @@ pub fn user(
 }
 
 /// The command for one experiment: every placeholder replaced but `{port}`, which the
-/// runner fills with the free port it found.
-pub fn fill(template: &str, max_conns: u32, max_n: u32) -> String {
+/// runner fills with the free port it found (`{workers}` only a forked command has).
+pub fn fill(template: &str, max_conns: u32, max_n: u32, workers: u64) -> String {
     template
         .replace("{max_conns}", &max_conns.to_string())
         .replace("{max_n}", &max_n.to_string())
+        .replace("{workers}", &workers.to_string())
 }
 
 #[cfg(test)]
@@ -322,13 +366,14 @@ mod tests {
         assert_eq!(list.len(), 3 + PYTHON_SERVERS.len());
         let epoll = &list[2];
         assert_eq!(epoll.family, Family::Further);
-        assert_eq!(epoll.ladder, Ladder::All);
+        assert_eq!(epoll.nature.ceiling, Some(Ceiling::Descriptors));
+        assert!(epoll.nature.one_process && epoll.echo_forked.is_none());
         assert!(epoll.fib_offload.is_some());
         assert_eq!(
-            fill(epoll.echo.as_deref().unwrap(), 11000, 0).replace("{port}", "4000"),
+            fill(epoll.echo.as_deref().unwrap(), 11000, 0, 0).replace("{port}", "4000"),
             "exec '/x/it'\\''s/concur' serve --model epoll --addr 127.0.0.1:4000 --service echo --max-conns 11000"
         );
-        assert_eq!(list[0].ladder, Ladder::First);
+        assert_eq!(list[0].nature.ceiling, Some(Ceiling::One));
         assert!(
             list[0].fib.is_none(),
             "blocking serves one client: no fibload"
@@ -342,6 +387,25 @@ mod tests {
                 .contains("'/p/threads.py'")
         );
         assert_eq!(threads_py.heavy_n, 27);
+        assert_eq!(threads_py.nature.ceiling, Some(Ceiling::Threads));
+        assert_eq!(threads_py.counterpart.as_deref(), Some("threads"));
+        // reuseport's loops fork: its forked command takes the workers.
+        let reuseport = builtin(&Builtins {
+            models: &["reuseport".to_string()],
+            python: None,
+            ..b
+        });
+        let forked = fill(reuseport[0].echo_forked.as_deref().unwrap(), 101_000, 0, 6);
+        assert!(
+            forked.ends_with("--service echo --max-conns 101000 --workers 6 --fork"),
+            "{forked}"
+        );
+        assert!(reuseport[0].nature.fork_loops);
+        // Every peer has its facts, and each counterpart is a model.
+        for (name, _) in PYTHON_SERVERS {
+            let f = peer_facts(name).unwrap_or_else(|| panic!("{name} has no facts"));
+            assert!(crate::models::by_name(f.counterpart).is_some(), "{name}");
+        }
     }
 
     #[test]

@@ -49,8 +49,12 @@ pub struct Point {
     pub params: BTreeMap<String, serde_json::Value>,
     /// Metric name to its value over the repeats.
     pub metrics: BTreeMap<String, Stat>,
-    /// Why the point failed or was skipped, in one line.
+    /// Why the point failed, in one line.
     pub error: Option<String>,
+    /// Why the point was not run: decided beforehand from the server's nature and the
+    /// machine's limits (the scaling ladder), in words with the arithmetic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 impl Point {
@@ -62,6 +66,7 @@ impl Point {
             params: BTreeMap::new(),
             metrics: BTreeMap::new(),
             error: None,
+            skipped: None,
         }
     }
 

@@ -77,7 +77,7 @@ pub(crate) fn family_of(name: &str, servers: &[ServerInfo]) -> Family {
     if name.starts_with("python-") {
         Family::Python
     } else if crate::models::by_name(name).is_some() {
-        if ["blocking", "threads", "processes", "select", "async"].contains(&name) {
+        if crate::lab::servers::TALK_MODELS.contains(&name) {
             Family::Talk
         } else {
             Family::Further
@@ -96,6 +96,42 @@ pub(crate) fn spread_cell(s: Option<&Stat>) -> String {
     }
 }
 
+/// The leaders of a ranking, with the rule every answer uses: a winner only where
+/// the gap is larger than the spread of the repeats. `ranked` is best first (highest
+/// median when `higher_is_better`, else lowest); every entry whose best run reaches the
+/// leader's worst run ties with it. One name: a clear winner.
+pub(crate) fn leaders<'a>(ranked: &[(&'a str, &Stat)], higher_is_better: bool) -> Vec<&'a str> {
+    let Some((_, best)) = ranked.first() else {
+        return Vec::new();
+    };
+    ranked
+        .iter()
+        .filter(|(_, s)| {
+            if higher_is_better {
+                s.max >= best.min
+            } else {
+                s.min <= best.max
+            }
+        })
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+/// `a` is above `b` by more than the spread of their repeats: every run of `a`
+/// above every run of `b`.
+pub(crate) fn clearly_above(a: &Stat, b: &Stat) -> bool {
+    a.min > b.max
+}
+
+/// A server's ceiling word (`one`, `threads`, `descriptors`...) as the run recorded
+/// it, else, for a results.json from before it was, the registry's.
+pub(crate) fn ceiling_of(name: &str, servers: &[ServerInfo]) -> Option<String> {
+    match servers.iter().find(|s| s.name == name) {
+        Some(s) => s.ceiling.clone(),
+        None => crate::models::by_name(name).map(|m| m.ceiling.name().to_string()),
+    }
+}
+
 /// "a", "a and b", "a, b and c".
 pub(crate) fn join_and(items: &[&str]) -> String {
     match items {
@@ -108,6 +144,28 @@ pub(crate) fn join_and(items: &[&str]) -> String {
 /// The connection count a point was measured at.
 pub(crate) fn conns_of(p: &Point) -> Option<f64> {
     p.params.get("conns").and_then(|v| v.as_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaders_tie_when_the_repeats_overlap() {
+        let s = |runs: &[f64]| Stat::of(runs.to_vec()).unwrap();
+        let (a, b, c) = (s(&[90.0, 100.0]), s(&[95.0, 99.0]), s(&[40.0, 41.0]));
+        assert_eq!(
+            leaders(&[("a", &a), ("b", &b), ("c", &c)], true),
+            ["a", "b"]
+        );
+        assert_eq!(leaders(&[("a", &a), ("c", &c)], true), ["a"]);
+        // Lower is better: latency.
+        let (x, y) = (s(&[1.0, 2.0]), s(&[1.5, 3.0]));
+        assert_eq!(leaders(&[("x", &x), ("y", &y)], false), ["x", "y"]);
+        assert_eq!(leaders(&[("x", &x), ("c", &c)], false), ["x"]);
+        assert!(clearly_above(&c, &x) && !clearly_above(&y, &x));
+        assert!(leaders(&[], true).is_empty());
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +193,8 @@ pub(crate) mod testing {
             notes: vec![],
             commands: BTreeMap::new(),
             servers: vec![],
+            experiment_secs: BTreeMap::new(),
+            scaling_limits: None,
         }
     }
 }
