@@ -87,6 +87,19 @@ fn parse_rollup(smaps_rollup: &str) -> Option<Rollup> {
     })
 }
 
+/// Whether `pid` has exited: gone from /proc, or a zombie (`Z`) or dead (`X`) entry
+/// whose memory the kernel has already released.
+fn holds_no_memory(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 2..))
+        .and_then(|rest| rest.chars().next());
+    matches!(state, Some('Z' | 'X'))
+}
+
 /// Read `pid` and every process below it; `None` if `pid` is gone. With `pss`, PSS and
 /// private memory are summed too (`None` in the sample if any process's could not be
 /// read: a sum over part of the tree is no total).
@@ -106,7 +119,11 @@ pub fn sample(pid: u32, pss: bool) -> Option<TreeSample> {
         tree.threads += s.threads;
         tree.context_switches += s.context_switches;
         if pss {
-            let r = smaps_rollup(p);
+            // A process that has exited (a zombie waiting to be reaped, or gone since
+            // its stat was read) maps nothing: it adds 0, and must not void the
+            // tree's total. One that is alive and unreadable does.
+            let r = smaps_rollup(p)
+                .or_else(|| holds_no_memory(p).then_some(Rollup { pss: 0, private: 0 }));
             tree.pss_bytes = tree.pss_bytes.zip(r).map(|(t, r)| t + r.pss);
             tree.private_bytes = tree.private_bytes.zip(r).map(|(t, r)| t + r.private);
         }
@@ -176,6 +193,44 @@ mod tests {
         }
         root.wait().unwrap();
         assert!(sample(pid, false).is_none(), "a reaped root is gone");
+    }
+
+    /// A child that has exited but is not yet reaped (a zombie, as a server forking
+    /// per client has while it catches up) counts 0 and keeps the tree's PSS.
+    #[test]
+    fn a_zombie_child_does_not_void_the_total() {
+        if !std::path::Path::new("/proc/self/smaps_rollup").exists() {
+            return; // a kernel before 4.14 has no PSS to keep
+        }
+        // sh runs `true` in the background and then waits on stdin without reaping
+        // it (exec keeps the pid, the zombie stays its child).
+        let mut root = Command::new("sh")
+            .args(["-c", "true & exec sleep 30"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = root.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let zombie = loop {
+            let kids = descendants(pid);
+            if let Some(&z) = kids.iter().find(|&&k| holds_no_memory(k)) {
+                break z;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no zombie child appeared: {kids:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            smaps_rollup(zombie).is_none(),
+            "a zombie has no rollup to read"
+        );
+        let t = sample(pid, true).unwrap();
+        assert!(t.pss_bytes.is_some_and(|b| b > 0), "{t:?}");
+        assert!(t.private_bytes.is_some(), "{t:?}");
+        root.kill().unwrap();
+        root.wait().unwrap();
     }
 
     #[test]
