@@ -15,7 +15,6 @@
 mod serve_harness;
 
 use concur::hold::{HoldReport, SPARE_FDS};
-use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,20 +22,6 @@ const CONNS: u64 = 40_000;
 
 /// A guard against hangs, never a verdict.
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// Inodes of the sockets process `pid` has open.
-fn sockets(pid: u32) -> BTreeSet<u64> {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return BTreeSet::new();
-    };
-    fds.flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter_map(|target| {
-            let t = target.to_string_lossy().into_owned();
-            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-        })
-        .collect()
-}
 
 fn fd_limit(pid: u32) -> u64 {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
@@ -99,7 +84,10 @@ fn forty_thousand_held_by_worker_processes_from_a_spread_hold() {
     assert_eq!(kids.len() as u64, workers, "{kids:?}");
     let deadline = Instant::now() + LIMIT;
     let per_worker = loop {
-        let counts: Vec<usize> = kids.iter().map(|&k| sockets(k).len()).collect();
+        let counts: Vec<usize> = kids
+            .iter()
+            .map(|&k| serve_harness::socket_inodes(k).len())
+            .collect();
         if counts.iter().sum::<usize>() as u64 == CONNS + workers {
             break counts;
         }

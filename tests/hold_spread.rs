@@ -9,13 +9,11 @@
 mod common;
 mod serve_harness;
 
-use common::{Fault, echo, serve_seen};
+use common::{Fault, counting_echo, echo, serve_seen};
 use concur::hold::HoldReport;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// A guard against hangs only; never a verdict.
@@ -50,31 +48,6 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "never: {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// The talk's echo server, counting the replies it has written.
-fn counting_echo() -> (String, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let replies = Arc::new(AtomicU64::new(0));
-    let counter = replies.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let counter = counter.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = stream.read(&mut buf) {
-                    let reply = [b"Received: ", &buf[..n]].concat();
-                    if stream.write_all(&reply).is_err() {
-                        break;
-                    }
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-            });
-        }
-    });
-    (addr, replies)
 }
 
 /// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).

@@ -5,40 +5,16 @@
 //! "While they measure" is an event, not a sleep: the test's own echo server counts
 //! the replies it has written.
 
+mod common;
+
+use common::counting_echo;
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A guard against hangs only; never a verdict.
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// The talk's echo server (`Received: ` + each chunk read), counting its replies.
-fn counting_echo() -> (String, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let replies = Arc::new(AtomicU64::new(0));
-    let counter = replies.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let counter = counter.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = stream.read(&mut buf) {
-                    let reply = [b"Received: ", &buf[..n]].concat();
-                    if stream.write_all(&reply).is_err() {
-                        break;
-                    }
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-            });
-        }
-    });
-    (addr, replies)
-}
 
 /// Wait until the server has sent `more` replies beyond `base`; panics past [`LIMIT`].
 fn wait_replies(replies: &AtomicU64, base: u64, more: u64) {

@@ -9,7 +9,7 @@
 
 mod serve_harness;
 
-use serve_harness::{Server, closed_by_server, echo_exchange, fib_exchange, read_n};
+use serve_harness::{Server, closed_by_server, echo_exchange, fib_exchange, read_n, socket_inodes};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -35,20 +35,6 @@ fn children(pid: u32) -> Vec<u32> {
 
 fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
-}
-
-/// Inodes of the sockets process `pid` has open.
-fn socket_inodes(pid: u32) -> BTreeSet<u64> {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return BTreeSet::new();
-    };
-    fds.flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter_map(|target| {
-            let t = target.to_string_lossy().into_owned();
-            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-        })
-        .collect()
 }
 
 /// Inodes of the sockets listening on `port` (TCP, IPv4 and IPv6), from the kernel.

@@ -292,3 +292,29 @@ fn gated_connection(mut stream: TcpStream, gate: &Gate) {
     }
     gate.closed(requests);
 }
+
+/// The talk's echo server (`Received: ` + each chunk read), written plainly with a
+/// thread per client, counting the replies it has written; returns its address.
+pub fn counting_echo() -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let replies = Arc::new(AtomicU64::new(0));
+    let counter = replies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    let reply = [b"Received: ", &buf[..n]].concat();
+                    if stream.write_all(&reply).is_err() {
+                        break;
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, replies)
+}

@@ -480,3 +480,17 @@ pub fn for_each_model(f: impl Fn(&'static ModelInfo) + Sync) {
         assert!(failed.is_empty(), "failed for models: {failed:?}");
     });
 }
+
+/// Inodes of the sockets process `pid` has open (its /proc/PID/fd links).
+pub fn socket_inodes(pid: u32) -> std::collections::BTreeSet<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Default::default();
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy().into_owned();
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
