@@ -179,6 +179,18 @@ pub fn pin_to_core(pid: u32, core: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Descriptors a process keeps for everything but its connections: standard
+/// streams, listeners, epoll, the shutdown pipe, an eventfd, an offload pool, a spread
+/// hold's pipes and netlink socket. A server, a hold and the lab's ladder all count
+/// `limit - SPARE_FDS` connections per process.
+pub const SPARE_FDS: u64 = 64;
+
+/// The processes needed to hold `conns` connections when each process may open `limit`
+/// descriptors ([`SPARE_FDS`] of them kept for other things), rounded up.
+pub fn processes_for(conns: u64, limit: u64) -> u64 {
+    conns.div_ceil(limit.saturating_sub(SPARE_FDS).max(1))
+}
+
 /// Raise this process's descriptor limit as far as it goes; returns the new soft limit.
 ///
 /// The soft limit goes up to the hard limit. If the process may raise the hard limit
@@ -186,15 +198,9 @@ pub fn pin_to_core(pid: u32, core: usize) -> std::io::Result<()> {
 /// machine's default hard limit (20000) would otherwise cap every test of the talk's
 /// "tens of thousands of connections" below 20k.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit get a valid rlimit pointer.
+    let mut lim = fd_limits()?;
+    // SAFETY: setrlimit gets a valid rlimit pointer.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
         let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
             .ok()
             .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
@@ -216,6 +222,23 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
         }
     }
     Ok(lim.rlim_cur)
+}
+
+/// This process's descriptor limit (the soft RLIMIT_NOFILE) as it stands.
+pub fn fd_limit() -> std::io::Result<u64> {
+    fd_limits().map(|lim| lim.rlim_cur)
+}
+
+fn fd_limits() -> std::io::Result<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit gets a valid rlimit pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(lim)
 }
 
 /// The kernel's memory as the whole machine sees it: what sockets cost lives here,
@@ -549,6 +572,14 @@ mod tests {
         drop(clients);
         drop(listener);
         assert_eq!(queues.room(), None, "no listener left on the port");
+    }
+
+    #[test]
+    fn processes_for_rounds_up() {
+        assert_eq!(processes_for(100_000, 20_000), 6);
+        assert_eq!(processes_for(19_936, 20_000), 1);
+        assert_eq!(processes_for(19_937, 20_000), 2);
+        assert_eq!(processes_for(10, 10), 10, "a limit below the margin");
     }
 
     #[test]

@@ -55,9 +55,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Descriptors each process keeps free for everything else it has open (standard
-/// streams, epoll, the pipes to a spread hold's parent, a netlink socket).
-pub const SPARE_FDS: u64 = 64;
+pub use crate::sys::SPARE_FDS;
 
 /// The most processes a hold spreads over (a guard against a typo forking the
 /// machine to death, far above the 51 a million connections need here).
@@ -235,11 +233,6 @@ fn local(addr: SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
 
-/// Processes a hold of `conns` needs when each may hold `per_process`.
-pub fn processes_needed(conns: usize, per_process: u64) -> usize {
-    conns.div_ceil(per_process.max(1) as usize)
-}
-
 /// `concur hold` as the command line runs it: in this process when the connections
 /// fit under its descriptor limit (or `--processes 1`), else spread over child
 /// processes (this binary again, see `spread`).
@@ -247,8 +240,9 @@ pub fn hold_spread(config: &HoldConfig) -> Result<HoldReport> {
     let addr = validate(config)?;
     let fd_limit = crate::sys::raise_fd_limit().context("raising the descriptor limit")?;
     let per_process = fd_limit.saturating_sub(SPARE_FDS).max(1);
+    let needed = crate::sys::processes_for(config.conns as u64, fd_limit) as usize;
     let processes = match config.processes {
-        0 => processes_needed(config.conns, per_process),
+        0 => needed,
         p => p.min(config.conns),
     };
     if processes > MAX_PROCESSES {
@@ -258,13 +252,13 @@ pub fn hold_spread(config: &HoldConfig) -> Result<HoldReport> {
             config.conns
         )));
     }
-    if processes_needed(config.conns, per_process) > processes {
+    if needed > processes {
         return Err(bad_input(format!(
             "--conns {} over --processes {processes} is {} per process, but each may open only \
              {fd_limit} descriptors; give --processes {} or more (or 0 for as many as needed)",
             config.conns,
             config.conns.div_ceil(processes),
-            processes_needed(config.conns, per_process)
+            needed
         )));
     }
     if config.memory_check {

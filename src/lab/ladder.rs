@@ -23,7 +23,7 @@
 use crate::hold::{CLIENT_BYTES_PER_CONN, KERNEL_BYTES_PER_CONN, SERVER_BYTES_PER_CONN};
 use crate::lab::fmt::grouped;
 use crate::models::Ceiling;
-use crate::serve_cmd::fit::MARGIN;
+use crate::sys::{SPARE_FDS, processes_for};
 
 /// The rungs of the full ladder.
 pub const RUNGS: [u32; 4] = [1_000, 10_000, 100_000, 1_000_000];
@@ -150,12 +150,10 @@ pub enum Decision {
 }
 
 /// The event-loop processes that hold `n` connections under a per-process limit: one
-/// per `limit - MARGIN` descriptors, with a tenth more because SO_REUSEPORT spreads
+/// per `limit - SPARE_FDS` descriptors, with a tenth more because SO_REUSEPORT spreads
 /// connections by a hash, not evenly (as `tests/c40k.rs` does); two at least.
 pub fn fork_workers(n: u64, fd_limit: u64) -> u64 {
-    (n * 10 / 9)
-        .div_ceil(fd_limit.saturating_sub(MARGIN).max(1))
-        .max(2)
+    processes_for(n * 10 / 9, fd_limit).max(2)
 }
 
 /// Whether `n` held connections can fit, decided before starting the rung.
@@ -212,13 +210,13 @@ pub fn decide(nature: &Nature, n: u32, limits: &Limits, measured: &Measured) -> 
         _ => {}
     }
     let mut fork = None;
-    let needs = n64 + MARGIN;
+    let needs = n64 + SPARE_FDS;
     if nature.one_process && needs > limits.fd_limit {
         if nature.fork_loops {
             fork = Some(fork_workers(n64, limits.fd_limit));
         } else {
             return skip(format!(
-                "it needs {} descriptors in one process ({conns} connections and {MARGIN} \
+                "it needs {} descriptors in one process ({conns} connections and {SPARE_FDS} \
                  for everything else), and the limit is {}",
                 grouped(needs),
                 grouped(limits.fd_limit)

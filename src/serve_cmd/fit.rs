@@ -13,33 +13,14 @@
 //! with its own descriptor table and limit (nginx's `worker_processes`), so N workers
 //! hold about N times as many. The kernel spreads connections over the workers'
 //! listeners by a hash, near evenly but not exactly, so the number to pick is a
-//! floor: connections wanted / (limit - [`MARGIN`]), rounded up.
+//! floor: connections wanted / (limit - [`SPARE_FDS`]), rounded up.
 //!
 //! The forking models (`processes`, `prefork`) are not checked: their clients'
 //! descriptors are spread over their children.
 
 use crate::models::{ModelInfo, names_where};
 use crate::serve::ServeConfig;
-
-/// Descriptors a process keeps for other things than clients: stdio, its
-/// listener(s), the epoll instance, the shutdown pipe, an eventfd, the offload pool.
-pub const MARGIN: u64 = 64;
-
-/// This process's descriptor limit (the soft RLIMIT_NOFILE), if it can be read.
-pub fn fd_limit() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit gets a valid rlimit pointer.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    (rc == 0).then_some(lim.rlim_cur)
-}
-
-/// The processes needed to hold `conns` connections under a per-process `limit`.
-pub fn processes_needed(conns: usize, limit: u64) -> u64 {
-    (conns as u64).div_ceil(limit.saturating_sub(MARGIN).max(1))
-}
+use crate::sys::{SPARE_FDS, processes_for};
 
 /// `None` if `cfg.max_conns` fits under the descriptor limit `limit` (per process),
 /// else the one-line warning: the limit, and the flag that lifts it.
@@ -48,12 +29,12 @@ pub fn check(model: &ModelInfo, cfg: &ServeConfig, limit: u64) -> Option<String>
         return None;
     }
     let processes = if cfg.fork { cfg.workers as u64 } else { 1 };
-    let room = limit.saturating_sub(MARGIN);
+    let room = limit.saturating_sub(SPARE_FDS);
     let max = cfg.max_conns;
     if max as u64 <= room.saturating_mul(processes) {
         return None;
     }
-    let need = processes_needed(max, limit);
+    let need = processes_for(max as u64, limit);
     Some(if cfg.fork {
         format!(
             "--max-conns {max} does not fit in {processes} worker processes of {limit} \
@@ -81,7 +62,7 @@ pub fn fork_help() -> String {
         "Run the --workers event loops as forked processes instead of threads ({}), \
          each with its own descriptor limit; the parent only supervises (replaces a \
          dead worker, passes on SIGTERM). Pick --workers as connections wanted / \
-         (per-process descriptor limit, `ulimit -Hn`, minus {MARGIN}), rounded up: \
+         (per-process descriptor limit, `ulimit -Hn`, minus {SPARE_FDS}), rounded up: \
          100000 over a 20000 limit needs --workers 6. --max-conns counts the whole \
          server; with --offload each process has its own pool of --workers threads",
         names_where(|m| m.fork_loops)
@@ -139,13 +120,5 @@ mod tests {
                 m.name
             );
         }
-    }
-
-    #[test]
-    fn processes_needed_rounds_up() {
-        assert_eq!(processes_needed(100_000, 20_000), 6);
-        assert_eq!(processes_needed(19_936, 20_000), 1);
-        assert_eq!(processes_needed(19_937, 20_000), 2);
-        assert_eq!(processes_needed(10, 10), 10, "a limit below the margin");
     }
 }

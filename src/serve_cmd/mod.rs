@@ -186,10 +186,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let model = args.model;
     let cfg = ServeConfig::from_args(args)?;
     model.check()?;
-    if let Err(e) = crate::sys::raise_fd_limit() {
+    let limit = crate::sys::raise_fd_limit().or_else(|e| {
         tracing::warn!("cannot raise the descriptor limit: {e}");
-    }
-    if let Some(warning) = fit::fd_limit().and_then(|limit| fit::check(model, &cfg, limit)) {
+        crate::sys::fd_limit()
+    });
+    if let Some(warning) = limit.ok().and_then(|limit| fit::check(model, &cfg, limit)) {
         tracing::warn!("{warning}");
     }
     let shutdown = Shutdown::install().context("installing SIGINT/SIGTERM handlers")?;
