@@ -9,10 +9,10 @@
 mod common;
 mod serve_harness;
 
-use common::{Fault, counting_echo, echo, serve_seen};
+use common::{Fault, counting_echo, echo, serve_seen, spawn};
 use concur::hold::HoldReport;
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -29,16 +29,6 @@ fn concur(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_concur"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start concur")
 }
 
 /// Wait (bounded) until `done` holds.

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::counting_echo;
+use common::{counting_echo, spawn};
 use std::io::{Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,16 +23,6 @@ fn wait_replies(replies: &AtomicU64, base: u64, more: u64) {
         assert!(Instant::now() < deadline, "the server never answered");
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_concur"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start concur")
 }
 
 fn sigint(child: &Child) {

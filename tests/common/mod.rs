@@ -318,3 +318,15 @@ pub fn counting_echo() -> (String, Arc<AtomicU64>) {
     });
     (addr, replies)
 }
+
+/// Start the concur binary with `args`, stdout and stderr piped, stdin closed.
+pub fn spawn(args: &[&str]) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    Command::new(env!("CARGO_BIN_EXE_concur"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start concur")
+}
