@@ -10,12 +10,14 @@
 //! - [`report_merge`]: what every merge of reports shares (below `hold` and `merge`).
 //! - [`hold`]: `concur hold`, the C10K test: many connections held open at once.
 //! - [`lab`]: `concur lab`, the talk's questions as experiments and a report.
+//! - [`account`]: what a server spent, from its cgroup or a sampler that remembers exited tasks.
 //! - [`sys`]: CPU time, /proc readings, pinning, descriptor limits.
 //! - [`error`]: errors a user can act on, and their exit codes.
 //! - [`output`]: stdout that fails with one line, not a panic.
 //!
 //! `src/main.rs` only parses the command line and calls into these modules.
 
+pub mod account;
 pub mod error;
 pub mod fib;
 pub mod hold;

@@ -1,7 +1,8 @@
 //! A process and everything below it, read from /proc as one: the lab measures a
 //! server that may be a shell running an interpreter that forks a child per client,
-//! so its CPU, memory, threads and processes are those of the whole tree, not of the
-//! pid it started.
+//! so its memory is that of the whole tree, not of the pid it started. (What the
+//! tree spends, CPU and context switches, is counted by `crate::account`, which
+//! remembers the tasks that exit; this is the tree's memory now.)
 //!
 //! Memory is given two ways. RSS summed over the tree counts a page shared by N
 //! processes (the copy-on-write pages a forked child keeps from its parent, the
@@ -15,21 +16,17 @@
 //! only with what it does itself, so the growth of what a connection costs
 //! (`concur hold --server-pid`) is read there.
 
-use crate::sys::{self, CpuTime};
+use crate::sys;
 
-/// One reading of a process tree.
+/// One reading of a process tree's memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct TreeSample {
-    /// CPU of every live process in the tree and of the children each has reaped.
-    pub cpu: CpuTime,
     /// RSS summed over the tree (shared pages counted once per process).
     pub rss_bytes: u64,
     /// PSS summed over the tree, when asked for and the kernel has smaps_rollup (4.14+).
     pub pss_bytes: Option<u64>,
     /// Private pages summed over the tree, read alongside PSS.
     pub private_bytes: Option<u64>,
-    pub threads: u64,
-    pub context_switches: u64,
     /// Live processes below the root (children, grandchildren...).
     pub descendants: u64,
 }
@@ -113,11 +110,7 @@ pub fn sample(pid: u32, pss: bool) -> Option<TreeSample> {
         let Some(s) = sys::proc_stat(p) else {
             return false;
         };
-        tree.cpu.user += s.cpu.user + s.reaped_children_cpu.user;
-        tree.cpu.system += s.cpu.system + s.reaped_children_cpu.system;
         tree.rss_bytes += s.rss_bytes;
-        tree.threads += s.threads;
-        tree.context_switches += s.context_switches;
         if pss {
             // A process that has exited (a zombie waiting to be reaped, or gone since
             // its stat was read) maps nothing: it adds 0, and must not void the
@@ -178,7 +171,6 @@ mod tests {
         let sleepers = wait_for_tree(pid, 2);
         let t = sample(pid, true).unwrap();
         assert!(t.descendants >= 3, "{t:?}");
-        assert!(t.threads >= 4, "{t:?}");
         assert!(t.rss_bytes > 0);
         if std::path::Path::new(&format!("/proc/{pid}/smaps_rollup")).exists() {
             let pss = t.pss_bytes.expect("pss read");

@@ -48,20 +48,19 @@ pub fn cpu_self_and_children() -> CpuTime {
     }
 }
 
-/// A process as /proc shows it.
+/// One process as /proc shows it now. (What a server and everything it ran *spent*
+/// over a run is `crate::account`'s, which remembers the threads and children that
+/// exit; this is one process at one moment.)
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ProcStat {
+    /// The process's own CPU, its live and exited threads (10 ms ticks).
     pub cpu: CpuTime,
     /// Resident set size in bytes.
     pub rss_bytes: u64,
     pub threads: u64,
-    /// Voluntary plus involuntary context switches, summed over every thread.
-    pub context_switches: u64,
-    /// CPU time of children this process has already waited for (cutime, cstime).
-    pub reaped_children_cpu: CpuTime,
 }
 
-/// Read /proc/PID/stat and /proc/PID/status. `None` if the process is gone.
+/// Read /proc/PID/stat. `None` if the process is gone.
 pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
@@ -69,40 +68,14 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
     let ticks = clock_ticks();
     let to_dur = |t: u64| Duration::from_secs_f64(t as f64 / ticks as f64);
-    let page = page_size();
     Some(ProcStat {
         cpu: CpuTime {
             user: to_dur(field(14)?),
             system: to_dur(field(15)?),
         },
-        rss_bytes: field(24)? * page,
+        rss_bytes: field(24)? * page_size(),
         threads: field(20)?,
-        context_switches: context_switches(pid),
-        reaped_children_cpu: CpuTime {
-            user: to_dur(field(16)?),
-            system: to_dur(field(17)?),
-        },
     })
-}
-
-/// Context switches of every thread of `pid` (/proc/PID/status counts only the leader).
-fn context_switches(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    let mut total = 0;
-    for task in tasks.flatten() {
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        for line in status.lines() {
-            if let Some(v) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                total += v.trim().parse::<u64>().unwrap_or(0);
-            }
-        }
-    }
-    total
 }
 
 /// Child processes of `pid` (from /proc/PID/task/*/children).
@@ -530,7 +503,6 @@ mod tests {
         assert!(me.rss_bytes > 0);
         assert!(me.threads >= 1);
         assert!(open_fds(std::process::id()).unwrap() >= 3);
-        assert!(me.context_switches > 0);
     }
 
     #[test]

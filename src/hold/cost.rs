@@ -10,8 +10,9 @@
 //! too: they are a measurement of a quiet machine, an estimate of a busy one.
 
 use super::report::{KernelStats, ServerStats};
+use crate::account::Watch;
 use crate::error::bad_input;
-use crate::proctree::{self, TreeSample};
+use crate::proctree::TreeSample;
 use crate::sys::KernelMemory;
 use anyhow::Result;
 
@@ -69,71 +70,68 @@ pub fn check_memory(conns: usize, local: bool) -> Result<()> {
     Ok(())
 }
 
-/// The server's process tree, read before opening and (peak) while holding.
+/// The server's process tree: its account ([`crate::account::Watch`]) from before
+/// opening to the end of holding, and its memory before opening and at its peak.
 pub struct ServerWatch {
-    pid: u32,
-    before: (TreeSample, usize),
-    peak: (TreeSample, usize),
-}
-
-fn server_sample(pid: u32) -> Option<(TreeSample, usize)> {
-    Some((
-        proctree::sample(pid, true)?,
-        crate::sys::children(pid).len(),
-    ))
+    watch: Watch,
+    before: TreeSample,
+    threads_before: u64,
+    processes_before: u64,
+    children: (usize, usize),
 }
 
 impl ServerWatch {
     /// The first reading; `--server-pid` naming no process is exit 2.
     pub fn start(pid: Option<u32>) -> Result<Option<ServerWatch>> {
         let Some(pid) = pid else { return Ok(None) };
-        let before = server_sample(pid)
-            .ok_or_else(|| bad_input(format!("--server-pid {pid}: no such process in /proc")))?;
+        let gone = || bad_input(format!("--server-pid {pid}: no such process in /proc"));
+        let mut watch = Watch::start(pid).ok_or_else(gone)?;
+        let before = watch.read_memory().ok_or_else(gone)?;
+        let now = watch.now();
+        let children = crate::sys::children(pid).len();
         Ok(Some(ServerWatch {
-            pid,
+            watch,
             before,
-            peak: before,
+            threads_before: now.threads_now,
+            processes_before: now.processes_now,
+            children: (children, children),
         }))
     }
 
-    /// Another reading while holding: keep the largest of each figure.
+    /// Another reading of its memory while holding (the watch keeps the largest).
     pub fn sample(&mut self) {
-        if let Some((t, kids)) = server_sample(self.pid) {
-            let p = &mut self.peak;
-            p.0.descendants = p.0.descendants.max(t.descendants);
-            p.0.threads = p.0.threads.max(t.threads);
-            p.0.rss_bytes = p.0.rss_bytes.max(t.rss_bytes);
-            // PSS only if every reading had it: a peak of part of the tree is no peak.
-            p.0.pss_bytes = p.0.pss_bytes.zip(t.pss_bytes).map(|(a, b)| a.max(b));
-            p.0.private_bytes =
-                p.0.private_bytes
-                    .zip(t.private_bytes)
-                    .map(|(a, b)| a.max(b));
-            p.1 = p.1.max(kids);
-        }
+        self.watch.read_memory();
+        let kids = crate::sys::children(self.watch.pid()).len();
+        self.children.1 = self.children.1.max(kids);
     }
 
-    pub fn stats(&self) -> ServerStats {
-        let (b, p) = (&self.before, &self.peak);
-        let pss = b.0.pss_bytes.is_some()
-            && p.0.pss_bytes.is_some()
-            && b.0.private_bytes.is_some()
-            && p.0.private_bytes.is_some();
+    /// The last reading, taken while the connections are still held.
+    pub fn finish(self) -> ServerStats {
+        let b = self.before;
+        let p = self.watch.memory_peak().unwrap_or(b);
+        let pss = b.pss_bytes.is_some()
+            && p.pss_bytes.is_some()
+            && b.private_bytes.is_some()
+            && p.private_bytes.is_some();
+        let pid = self.watch.pid();
+        let account = self.watch.finish();
+        let peak = |f: &crate::account::Figure, before: u64| f.value.map_or(before, |v| v as u64);
         ServerStats {
-            pid: self.pid,
-            rss_before_bytes: b.0.rss_bytes,
-            rss_holding_bytes: p.0.rss_bytes,
-            pss_before_bytes: b.0.pss_bytes.filter(|_| pss),
-            pss_holding_bytes: p.0.pss_bytes.filter(|_| pss),
-            private_before_bytes: b.0.private_bytes.filter(|_| pss),
-            private_holding_bytes: p.0.private_bytes.filter(|_| pss),
+            pid,
+            rss_before_bytes: b.rss_bytes,
+            rss_holding_bytes: p.rss_bytes,
+            pss_before_bytes: b.pss_bytes.filter(|_| pss),
+            pss_holding_bytes: p.pss_bytes.filter(|_| pss),
+            private_before_bytes: b.private_bytes.filter(|_| pss),
+            private_holding_bytes: p.private_bytes.filter(|_| pss),
             memory: if pss { "pss" } else { "rss" }.to_string(),
-            threads_before: b.0.threads,
-            threads_holding: p.0.threads,
-            children_before: b.1,
-            children_holding: p.1,
-            processes_before: b.0.descendants as usize + 1,
-            processes_holding: p.0.descendants as usize + 1,
+            threads_before: self.threads_before,
+            threads_holding: peak(&account.threads_peak, self.threads_before),
+            children_before: self.children.0,
+            children_holding: self.children.1,
+            processes_before: self.processes_before as usize,
+            processes_holding: peak(&account.processes_peak, self.processes_before) as usize,
+            account: Some(account),
         }
     }
 }
@@ -215,7 +213,8 @@ mod tests {
             .unwrap()
             .unwrap();
         w.sample();
-        let s = w.stats();
+        let s = w.finish();
+        assert!(s.account.is_some_and(|a| a.samples >= 2));
         assert!(s.processes_holding >= 1 && s.rss_holding_bytes >= s.rss_before_bytes);
         assert!(ServerWatch::start(Some(u32::MAX - 1)).is_err());
     }

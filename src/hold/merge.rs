@@ -274,6 +274,7 @@ mod tests {
             children_holding: 0,
             processes_before: 1,
             processes_holding: 1,
+            account: None,
         }
     }
 

@@ -309,9 +309,11 @@ pub fn run_hold(config: &HoldConfig) -> Result<HoldReport> {
         }
     })?;
     let held_secs = hold_start.elapsed().as_secs_f64();
+    // The server's last reading, its connections still held.
+    let server = server.map(|s| s.finish());
     let mut report = h.report(fd_limit, wall_start, open_secs, held_secs);
     report.window_end_unix = wall_start + open_start.elapsed().as_secs_f64();
-    report.server = server.map(|s| s.stats());
+    report.server = server;
     report.kernel = kernel.map(|k| k.stats());
     report.start_late_secs = config
         .start_at

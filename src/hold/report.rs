@@ -61,7 +61,7 @@ impl RttErrors {
 
 /// The server as /proc saw it: the process `--server-pid` names and all its
 /// descendants (a forking server's workers), summed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerStats {
     pub pid: u32,
     /// RSS summed over the process tree (a page shared by k processes counts k times).
@@ -96,6 +96,10 @@ pub struct ServerStats {
     pub processes_before: usize,
     #[serde(default)]
     pub processes_holding: usize,
+    /// What the server spent from before opening to the end of holding, each figure
+    /// saying how it was measured (see `crate::account`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<crate::account::ServerAccount>,
 }
 
 impl ServerStats {
@@ -381,6 +385,9 @@ pub fn render(r: &HoldReport) -> String {
             s.children_before,
             s.children_holding
         );
+        if let Some(a) = &s.account {
+            let _ = writeln!(out, "  spent: {}", a.summary(None).replace('\n', "\n  "));
+        }
     }
     if let Some(k) = r.kernel.as_ref().filter(|_| r.opened > 0) {
         let slab = k.slab_holding_bytes.saturating_sub(k.slab_before_bytes);

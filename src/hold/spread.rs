@@ -367,6 +367,8 @@ pub(super) fn run(
     // The window ends here: what follows is the children's reports and their exit
     // (closing a million sockets takes the kernel most of a minute).
     let window_end = super::unix_now();
+    // The server's last reading, its connections still held.
+    let server = server.map(|s| s.finish());
     // Stop. After Ctrl-C a child may be in the middle of a phase: SIGTERM is its
     // Ctrl-C. Then a closed stdin tells every child to report.
     if crate::interrupt::requested() {
@@ -401,7 +403,7 @@ pub(super) fn run(
         std::net::IpAddr::V4(ip) if ip.is_loopback() => config.conns.div_ceil(config.per_source),
         _ => 0,
     };
-    r.server = server.map(|s| s.stats());
+    r.server = server;
     r.kernel = kernel.map(|k| k.stats());
     r.window_start_unix = wall_start;
     r.window_end_unix = window_end;

@@ -271,7 +271,9 @@ fn repeat_load(
             }
         }
     }
-    p.set_runs(&runs);
+    let metrics: Vec<_> = runs.iter().map(|r| r.metrics.clone()).collect();
+    p.set_runs(&metrics);
+    p.set_measured(runs.iter().map(|r| &r.measured));
     lab.points.push(p);
     verdict
 }
@@ -287,18 +289,20 @@ enum Stop {
     Silent(String),
 }
 
-/// One `concur load` run against `server`, with the server sampled around it.
+/// One `concur load` run against `server`, which `load --server-pid` accounts for:
+/// the lab reads the server the way a user's `concur load` would.
 fn load_run(
     lab: &mut Lab,
     server: &mut Server,
     service: &str,
     extra: &[String],
-) -> Result<BTreeMap<String, f64>> {
-    let Some(before) = server.sample(false) else {
+) -> Result<results::Run> {
+    if server.sample(false).is_none() {
         return Err(
             Stop::Silent(server.gone().unwrap_or_else(|| "the server is gone".into())).into(),
         );
-    };
+    }
+    let pid = server.pid();
     let mut cmd = Command::new(&lab.exe);
     cmd.args([
         "load",
@@ -314,28 +318,21 @@ fn load_run(
         "--timeout",
         &secs(lab.plan.timeout),
     ])
-    .args(extra);
+    .args(extra)
+    .args(["--server-pid", &pid.to_string()]);
     let experiment = if service == "fib" { "fibload" } else { "echo" };
     lab.record(
         experiment,
-        runner::command_line(&cmd).replace(&server.addr, "127.0.0.1:{port}"),
+        runner::command_line(&cmd)
+            .replace(&server.addr, "127.0.0.1:{port}")
+            .replace(&format!("--server-pid {pid}"), "--server-pid {pid}"),
     );
-    let mut peak = before;
-    let half = lab.plan.duration / 2;
-    let mut sampled = false;
     let limit = lab.plan.duration + lab.plan.timeout + Duration::from_secs(20);
-    let report: LoadReport = runner::run_json(cmd, lab.pins.map(|(_, c)| c), limit, |t| {
-        if !sampled && t >= half {
-            if let Some(s) = server.sample(true) {
-                peak = s;
-            }
-            sampled = true;
-        }
-    })?;
-    let Some(after) = server.sample(false) else {
+    let report: LoadReport = runner::run_json(cmd, lab.pins.map(|(_, c)| c), limit, |_| {})?;
+    if server.sample(false).is_none() {
         let why = server.gone().unwrap_or_else(|| "the server is gone".into());
         return Err(Stop::Silent(why).into());
-    };
+    }
     if let Some(why) = results::verification_failure(&report) {
         return Err(Stop::Unverified(why).into());
     }
@@ -348,24 +345,7 @@ fn load_run(
         ))
         .into());
     }
-    let mut m = results::load_metrics(&report);
-    let ok = report.requests_ok as f64;
-    let cpu = after.cpu.since(&before.cpu).total().as_secs_f64();
-    m.insert("server_cpu_secs".into(), cpu);
-    if ok > 0.0 {
-        m.insert("server_cpu_us_per_req".into(), cpu * 1e6 / ok);
-        let switches = after
-            .context_switches
-            .saturating_sub(before.context_switches) as f64;
-        m.insert("ctx_switches_per_req".into(), switches / ok);
-    }
-    m.insert("server_rss_mb".into(), peak.rss_bytes as f64 / 1048576.0);
-    if let Some(pss) = peak.pss_bytes {
-        m.insert("server_pss_mb".into(), pss as f64 / 1048576.0);
-    }
-    m.insert("server_threads".into(), peak.threads as f64);
-    m.insert("server_children".into(), peak.descendants as f64);
-    Ok(m)
+    Ok(results::load_metrics(&report))
 }
 
 /// "3 timed out, 1 refused": the kinds a load run's failures were.

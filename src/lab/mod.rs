@@ -386,6 +386,7 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
     std::fs::create_dir_all(args.out.join("logs"))
         .with_context(|| format!("creating {}", args.out.display()))?;
     runner::catch_interrupts();
+    runner::sweep_stale_groups();
     let out_abs = std::fs::canonicalize(&args.out).unwrap_or_else(|_| args.out.clone());
     runner::set_run_mark(&out_abs.to_string_lossy());
     let started_unix = std::time::SystemTime::now()

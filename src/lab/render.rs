@@ -216,7 +216,7 @@ pub fn html(results: &Results, views: &[View]) -> String {
 body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}\
 table{{border-collapse:collapse;margin:1em 0;font-size:0.9em}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
 td:first-child,th:first-child,td.text{{text-align:left}}th{{background:#f3f3f3}}\
-blockquote{{color:#555;border-left:4px solid #ddd;margin:0;padding-left:1em}}.answer{{background:#eef6ee;padding:0.6em 1em}}\
+blockquote{{color:#555;border-left:4px solid #ddd;margin:0;padding-left:1em}}.answer{{background:#eef6ee;padding:0.6em 1em}}.note{{color:#444;font-size:0.9em;margin:0.3em 0}}\
 .warn{{background:#fff3e0;padding:0.6em 1em}}code{{word-break:break-all}}\
 pre{{white-space:pre-wrap;word-break:break-all;font-size:0.8em;background:#f7f7f7;padding:0.5em}}.facts{{list-style:none;padding:0}}</style></head><body>\n<h1>concur lab report</h1>\n"
     );
@@ -273,6 +273,9 @@ pre{{white-space:pre-wrap;word-break:break-all;font-size:0.8em;background:#f7f7f
             s.push_str("</tr>\n");
         }
         s.push_str("</table>\n");
+        for n in &v.notes {
+            let _ = writeln!(s, "<p class=\"note\">{}</p>", escape(n));
+        }
         if let Some(cmds) = results.commands.get(v.id) {
             let _ = writeln!(
                 s,
@@ -331,6 +334,9 @@ pub fn markdown(results: &Results, views: &[View]) -> String {
             );
         }
         s.push('\n');
+        for n in &v.notes {
+            let _ = writeln!(s, "{n}\n");
+        }
         if let Some(cmds) = results.commands.get(v.id) {
             let _ = writeln!(s, "Commands:\n\n```sh\n{}\n```\n", cmds.join("\n"));
         }

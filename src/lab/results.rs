@@ -5,6 +5,7 @@
 
 use super::servers::Family;
 use super::stats::Point;
+use crate::account::ServerAccount;
 use crate::hold::HoldReport;
 use crate::load::report::LoadReport;
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,14 @@ pub const SAME_N_CASE: &str = "mode=sequential on CPython's list";
 
 /// One run's metrics, by name.
 pub type Metrics = BTreeMap<String, f64>;
+
+/// One `concur load` run read for a point: its metrics, and how each of the server's
+/// was measured (metric name to "cgroup", "sampled" or "not measured").
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Run {
+    pub metrics: Metrics,
+    pub measured: BTreeMap<String, String>,
+}
 
 /// Everything a lab run measured, as `results.json` holds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,13 +171,16 @@ impl FibRow {
 /// The client's side of one `concur load` run. `errors` and `errors_by_kind` are both
 /// kept so the numbers can be checked against each other (the kinds add up to the
 /// total; req/s x elapsed gives the count; the bytes received cover every reply).
-pub fn load_metrics(r: &LoadReport) -> Metrics {
+pub fn load_metrics(r: &LoadReport) -> Run {
     let e = &r.errors;
     let by_kind = e.refused + e.timeout + e.mismatch + e.closed_early + e.connect + e.io;
     let mut m = Metrics::from([
         ("requests_ok".to_string(), r.requests_ok as f64),
         ("errors".to_string(), r.errors_total as f64),
         ("errors_by_kind".to_string(), by_kind as f64),
+        ("errors_timeout".to_string(), e.timeout as f64),
+        ("errors_refused".to_string(), e.refused as f64),
+        ("errors_closed_early".to_string(), e.closed_early as f64),
         ("elapsed_secs".to_string(), r.elapsed_secs),
         ("bytes_received".to_string(), r.bytes_received as f64),
         ("req_per_s".to_string(), r.req_per_s),
@@ -185,7 +197,61 @@ pub fn load_metrics(r: &LoadReport) -> Metrics {
             m.insert("heavy_p99_us".into(), h.latency_us.p99);
         }
     }
-    m
+    let mut measured = BTreeMap::new();
+    if let Some(a) = &r.server {
+        let requests = r.requests_ok + r.heavy.as_ref().map_or(0, |h| h.requests_ok);
+        let mb = 1.0 / 1048576.0;
+        // Each figure is kept with how it was measured; one not measured is absent
+        // from the metrics and says so in `measured`, never a 0.
+        let figures: [(&str, &crate::account::Figure, Option<f64>); 8] = [
+            ("server_cpu_secs", &a.cpu_secs, a.cpu_secs.value),
+            (
+                "server_cpu_us_per_req",
+                &a.cpu_secs,
+                ServerAccount::per_request(&a.cpu_secs, requests).map(|s| s * 1e6),
+            ),
+            (
+                "ctx_switches_per_req",
+                &a.context_switches,
+                ServerAccount::per_request(&a.context_switches, requests),
+            ),
+            ("server_threads", &a.threads_peak, a.threads_peak.value),
+            (
+                "server_children",
+                &a.processes_peak,
+                a.processes_peak.value.map(|p| (p - 1.0).max(0.0)),
+            ),
+            (
+                "server_pss_mb",
+                &a.pss_bytes,
+                a.pss_bytes.value.map(|b| b * mb),
+            ),
+            (
+                "server_rss_mb",
+                &a.rss_bytes,
+                a.rss_bytes.value.map(|b| b * mb),
+            ),
+            (
+                "server_sock_mb",
+                &a.sock_bytes,
+                a.sock_bytes.value.map(|b| b * mb),
+            ),
+        ];
+        for (name, figure, value) in figures {
+            if let Some(v) = value {
+                m.insert(name.to_string(), v);
+            }
+            let how = match value {
+                Some(_) => figure.measured.label(),
+                None => crate::account::How::NotMeasured.label(),
+            };
+            measured.insert(name.to_string(), how.to_string());
+        }
+    }
+    Run {
+        metrics: m,
+        measured,
+    }
 }
 
 /// One line naming the first wrong reply byte, when the server answered wrongly: such
@@ -389,7 +455,7 @@ mod tests {
     fn a_load_report_becomes_metrics_and_a_wrong_byte_one_line() {
         let counts = json!({"refused": 0, "timeout": 1, "mismatch": 0, "closed_early": 0, "connect": 0, "io": 0});
         let ok = load(counts, json!(null));
-        let m = load_metrics(&ok);
+        let m = load_metrics(&ok).metrics;
         assert_eq!(m["requests_ok"], 100.0);
         assert_eq!(m["errors"], m["errors_by_kind"]);
         assert_eq!(m["p99_us"], 30.0);

@@ -6,6 +6,7 @@
 //! core 1. A [`Server`] kills its whole group when dropped, whatever happened, and
 //! every wait polls [`interrupted`] so Ctrl-C stops the lab within a fraction of a second.
 
+use crate::account::cgroup::{GROUP_PREFIX, Group};
 use anyhow::{Context, Result, bail};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -49,23 +50,54 @@ pub fn set_run_mark(value: &str) {
     let _ = MARK.set(value.to_string());
 }
 
-/// Put the child in its own process group and pin it to `core` before it runs.
-fn prepare(cmd: &mut Command, core: Option<usize>) {
+/// Put the child in its own process group, pin it to `core` and move it into a
+/// cgroup (writing "0" to each of `join`, the group's `cgroup.procs`) before it runs.
+fn prepare(cmd: &mut Command, core: Option<usize>, join: Vec<std::os::fd::RawFd>) {
     cmd.process_group(0);
     if let Some(mark) = MARK.get() {
         cmd.env(RUN_MARK, mark);
     }
-    if let Some(core) = core {
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
+    if core.is_none() && join.is_empty() {
+        return;
+    }
+    // SAFETY: only async-signal-safe calls (sched_setaffinity, write) between fork and
+    // exec, on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(core) = core {
                 let mut set: libc::cpu_set_t = std::mem::zeroed();
                 libc::CPU_SET(core, &mut set);
                 libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-                Ok(())
-            });
-        }
+            }
+            for &fd in &join {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
+}
+
+/// A cgroup of its own for each server the lab starts, where the machine allows one:
+/// `concur-lab-<lab pid>-<n>` under the lab's own group. `None` (and the account is
+/// sampled, and says so) where it does not.
+fn server_group() -> Option<Group> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    if std::env::var_os(NO_CGROUP).is_some() {
+        return None;
+    }
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Group::create(&format!("{GROUP_PREFIX}{}-{n}", std::process::id()))
+}
+
+/// Set (to anything) to make the lab run its servers without cgroups, as on a
+/// machine that allows none: every figure is then sampled.
+pub const NO_CGROUP: &str = "CONCUR_LAB_NO_CGROUP";
+
+/// Remove the groups of earlier labs that died before they could.
+pub fn sweep_stale_groups() {
+    Group::sweep_stale();
 }
 
 /// A running server: its pid, address, and its output log.
@@ -77,6 +109,8 @@ pub struct Server {
     grace: Duration,
     /// Every process seen below it, killed at the end even if it left the group.
     seen: Vec<u32>,
+    /// Its cgroup, removed at the end.
+    cgroup: Option<Group>,
 }
 
 /// How a server is started: its name, the shell command (placeholders already
@@ -112,10 +146,21 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
-        prepare(&mut cmd, launch.core);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting server {}", launch.name))?;
+        let cgroup = server_group();
+        prepare(
+            &mut cmd,
+            launch.core,
+            cgroup.as_ref().map_or_else(Vec::new, Group::join_fds),
+        );
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(g) = cgroup {
+                    g.remove();
+                }
+                return Err(e).with_context(|| format!("starting server {}", launch.name));
+            }
+        };
         let mut server = Server {
             child,
             addr: addr.clone(),
@@ -123,6 +168,7 @@ impl Server {
             name: launch.name.into(),
             grace: launch.grace,
             seen: Vec::new(),
+            cgroup,
         };
         let sock: std::net::SocketAddr = addr.parse().expect("a loopback address");
         let deadline = Instant::now() + launch.ready_timeout;
@@ -204,6 +250,9 @@ impl Server {
         let pid = self.child.id();
         let mut all = self.seen.clone();
         all.extend(crate::proctree::descendants(pid));
+        // Its cgroup holds whatever it started, even a process that left its group
+        // and its tree.
+        all.extend(self.cgroup.as_ref().map(Group::pids).unwrap_or_default());
         kill_group(pid as libc::pid_t);
         for p in &all {
             // SAFETY: a process that was below our child; if it died and its pid was
@@ -215,6 +264,9 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(3);
         while (group_alive(pid) || all.iter().any(|p| alive(*p))) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(g) = self.cgroup.take() {
+            g.remove();
         }
     }
 }
@@ -359,7 +411,7 @@ pub fn run_json<T: serde::de::DeserializeOwned>(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    prepare(&mut cmd, core);
+    prepare(&mut cmd, core, Vec::new());
     let mut child = cmd.spawn().context("starting the load client")?;
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
@@ -465,9 +517,26 @@ while True: time.sleep(0.05)'";
         let tree = server.sample(false).unwrap();
         assert!(group_alive(pid));
         let escaped: Vec<u32> = crate::proctree::descendants(pid);
-        assert!(tree.threads >= 1);
+        assert!(tree.rss_bytes > 0);
+        // Where the machine gives the lab cgroups, the server and all it started are
+        // in one of its own, and the group goes with it.
+        let made: Vec<std::path::PathBuf> = server
+            .cgroup
+            .as_ref()
+            .map(|g| g.places().dirs().iter().map(|d| d.to_path_buf()).collect())
+            .unwrap_or_default();
+        if let Some(g) = &server.cgroup {
+            let inside = g.pids();
+            assert!(inside.contains(&pid), "{inside:?} lacks the server {pid}");
+            for p in &escaped {
+                assert!(inside.contains(p), "{inside:?} lacks its child {p}");
+            }
+        }
         server.stop().unwrap();
         assert!(!group_alive(pid), "the group must be gone");
+        for d in made {
+            assert!(!d.exists(), "the server's cgroup {} is left", d.display());
+        }
         for p in escaped {
             assert!(!alive(p), "a process that left the group survived: {p}");
         }

@@ -55,6 +55,10 @@ pub struct Point {
     /// machine's limits (the scaling ladder), in words with the arithmetic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// How the server's figures were measured, metric name to "cgroup", "sampled" or
+    /// "not measured": over the repeats, the least exact of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub measured: BTreeMap<String, String>,
 }
 
 impl Point {
@@ -67,6 +71,7 @@ impl Point {
             metrics: BTreeMap::new(),
             error: None,
             skipped: None,
+            measured: BTreeMap::new(),
         }
     }
 
@@ -78,6 +83,35 @@ impl Point {
     /// The median of a metric, if measured.
     pub fn get(&self, metric: &str) -> Option<f64> {
         self.metrics.get(metric).map(|s| s.median)
+    }
+
+    /// How `metric` was measured ("cgroup", "sampled", "not measured"), if recorded.
+    pub fn how(&self, metric: &str) -> Option<&str> {
+        self.measured.get(metric).map(String::as_str)
+    }
+
+    /// Record how each run measured its figures, keeping for each metric the least
+    /// exact: a median over a sampled run and a cgroup run is not exact.
+    pub fn set_measured<'a>(
+        &mut self,
+        runs: impl IntoIterator<Item = &'a BTreeMap<String, String>>,
+    ) {
+        let rank = |how: &str| match how {
+            "cgroup" => 2,
+            "sampled" => 1,
+            _ => 0,
+        };
+        for run in runs {
+            for (metric, how) in run {
+                let keep = self
+                    .measured
+                    .get(metric)
+                    .is_some_and(|old| rank(old) <= rank(how));
+                if !keep {
+                    self.measured.insert(metric.clone(), how.clone());
+                }
+            }
+        }
     }
 
     /// Gather repeats (`runs`, each a map of metric to value) into medians.

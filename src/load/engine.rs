@@ -50,6 +50,7 @@ use super::report::{
 };
 use super::verify::{EchoVerifier, FibVerifier, Mismatch, PayloadPool, Verifier};
 use super::{LoadConfig, Service};
+use crate::account::ServerAccount;
 use crate::sys::CpuTime;
 use anyhow::Result;
 use hdrhistogram::Histogram;
@@ -91,6 +92,9 @@ struct Plan {
     budget: Option<AtomicI64>,
     /// Verified light replies so far, for the progress bar.
     progress: AtomicU64,
+    /// Where the threads wait, their connections still open, while the server is read
+    /// for the last time.
+    closing: Closing,
 }
 
 impl Plan {
@@ -204,6 +208,7 @@ pub(super) fn run(config: &LoadConfig, addr: SocketAddr) -> Result<LoadReport> {
         light_conns: (config.conns - usize::from(config.heavy.is_some())) as u64,
         budget: config.requests.map(|r| AtomicI64::new(r as i64)),
         progress: AtomicU64::new(0),
+        closing: Closing::default(),
     };
     let threads = config.threads;
     let gate = Gate::default();
@@ -234,15 +239,30 @@ pub(super) fn run(config: &LoadConfig, addr: SocketAddr) -> Result<LoadReport> {
             .and_then(|late| start.checked_sub(late))
             .unwrap_or(start);
         let end = plan.duration.map(|d| anchor + d);
+        // The server is watched from here (its tree's counts now are the baseline)
+        // to the moment every connection has finished, before any is closed.
+        let mut watch = config.server_pid.and_then(crate::account::Watch::start);
         gate.open(Some(Start { at: start, end }));
-        let cpu_before = (
-            crate::sys::cpu_self_and_children(),
-            config.server_pid.and_then(crate::sys::proc_stat),
-        );
-        if config.progress {
-            let bar = progress_bar(config);
-            let started = Instant::now();
-            while !handles.iter().all(|h| h.is_finished()) {
+        let cpu_before = crate::sys::cpu_self_and_children();
+        // Its memory is read once, halfway through (or at the end of a run of
+        // `--requests`).
+        let halfway = plan.duration.map(|d| start + d / 2);
+        let mut memory_read = false;
+        let bar = config.progress.then(|| progress_bar(config));
+        let started = Instant::now();
+        let _release = Release(&plan.closing);
+        while !plan
+            .closing
+            .all_arrived(threads, Duration::from_millis(100))
+        {
+            if let Some(w) = &mut watch
+                && !memory_read
+                && halfway.is_some_and(|h| Instant::now() >= h)
+            {
+                w.read_memory();
+                memory_read = true;
+            }
+            if let Some(bar) = &bar {
                 let verified = plan.progress.load(Ordering::Relaxed);
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
                 bar.set_message(format!(
@@ -253,8 +273,16 @@ pub(super) fn run(config: &LoadConfig, addr: SocketAddr) -> Result<LoadReport> {
                     Some(_) => verified,
                     None => started.elapsed().as_millis() as u64,
                 });
-                std::thread::sleep(Duration::from_millis(100));
             }
+        }
+        let account = watch.map(|mut w| {
+            if !memory_read {
+                w.read_memory();
+            }
+            w.finish()
+        });
+        plan.closing.release();
+        if let Some(bar) = bar {
             bar.finish_and_clear();
         }
         let tallies = handles
@@ -264,14 +292,14 @@ pub(super) fn run(config: &LoadConfig, addr: SocketAddr) -> Result<LoadReport> {
                     .map_err(|_| anyhow::anyhow!("a load thread panicked"))?
             })
             .collect::<Result<Vec<_>>>()?;
-        let load_cpu = crate::sys::cpu_self_and_children().since(&cpu_before.0);
-        let server_cpu = cpu_before.1.and_then(|before| {
-            let after = crate::sys::proc_stat(config.server_pid?)?;
-            Some(after.cpu.since(&before.cpu))
-        });
-        Ok::<_, anyhow::Error>((tallies, load_cpu, server_cpu, wall_start))
+        // The sampler ran in this process, on the client's side: its cost is the
+        // account's, not the load generator's.
+        let sampler = Duration::from_secs_f64(account.as_ref().map_or(0.0, |a| a.sampler_cpu_secs));
+        let mut load_cpu = crate::sys::cpu_self_and_children().since(&cpu_before);
+        load_cpu.user = load_cpu.user.saturating_sub(sampler);
+        Ok::<_, anyhow::Error>((tallies, load_cpu, account, wall_start))
     })?;
-    let (tallies, load_cpu, server_cpu, wall_start) = tallies;
+    let (tallies, load_cpu, account, wall_start) = tallies;
     let mut report = merge(config, tallies, wall_start);
     let requests = report.requests_ok + report.heavy.as_ref().map_or(0, |h| h.requests_ok);
     let per_request = |cpu: CpuTime| {
@@ -287,8 +315,16 @@ pub(super) fn run(config: &LoadConfig, addr: SocketAddr) -> Result<LoadReport> {
     };
     report.cpu = Some(CpuReport {
         load: per_request(load_cpu),
-        server: server_cpu.map(per_request),
+        server: account.as_ref().and_then(|a| {
+            let secs = a.cpu_secs.value?;
+            Some(CpuUse {
+                secs,
+                us_per_request: ServerAccount::per_request(&a.cpu_secs, requests)
+                    .map_or(0.0, |s| s * 1e6),
+            })
+        }),
     });
+    report.server = account;
     Ok(report)
 }
 
@@ -370,6 +406,7 @@ fn merge(config: &LoadConfig, tallies: Vec<Tally>, wall_start: SystemTime) -> Lo
         bytes_received: received,
         latency_us: Latency::from_histogram(&light),
         cpu: None,
+        server: None,
         heavy: config.heavy.map(|n| HeavyReport {
             n,
             requests_ok: heavy_ok,
@@ -654,7 +691,87 @@ impl Gate {
     }
 }
 
+/// The end of a run, for the last reading of the server: each thread arrives with
+/// its connections still open and waits until released; a thread that ends early (or
+/// panics) arrives on its way out, without waiting.
+#[derive(Default)]
+struct Closing {
+    /// Threads arrived, and whether they are released.
+    state: Mutex<(usize, bool)>,
+    changed: Condvar,
+}
+
+impl Closing {
+    fn arrival(&self) -> Arrival<'_> {
+        Arrival {
+            closing: self,
+            arrived: false,
+        }
+    }
+
+    /// Whether all `threads` have arrived, waiting up to `wait` for it.
+    fn all_arrived(&self, threads: usize, wait: Duration) -> bool {
+        let g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, _) = self
+            .changed
+            .wait_timeout_while(g, wait, |g| g.0 < threads)
+            .unwrap_or_else(|e| e.into_inner());
+        g.0 >= threads
+    }
+
+    fn release(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Releases the threads however the main thread leaves (an error, a panic).
+struct Release<'a>(&'a Closing);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// One thread's arrival at [`Closing`].
+struct Arrival<'a> {
+    closing: &'a Closing,
+    arrived: bool,
+}
+
+impl Arrival<'_> {
+    fn arrive(&mut self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        let mut g = self.closing.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.arrived {
+            g.0 += 1;
+            self.arrived = true;
+            self.closing.changed.notify_all();
+        }
+        g
+    }
+
+    /// Arrive, and wait (connections open) until released.
+    fn wait(mut self) {
+        let closing = self.closing;
+        let g = self.arrive();
+        drop(
+            closing
+                .changed
+                .wait_while(g, |g| !g.1)
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+    }
+}
+
+impl Drop for Arrival<'_> {
+    fn drop(&mut self) {
+        drop(self.arrive());
+    }
+}
+
 fn run_thread(plan: &Plan, mine: &[usize], gate: &Gate) -> Result<Tally> {
+    let arrival = plan.closing.arrival();
     let poll = Poll::new();
     let mut tally = Tally {
         light: histogram(),
@@ -750,7 +867,9 @@ fn run_thread(plan: &Plan, mine: &[usize], gate: &Gate) -> Result<Tally> {
         light_inflight: 0,
         capture: None,
     };
-    lp.run(start)?;
+    let run = lp.run(start);
+    arrival.wait();
+    run?;
     Ok(lp.tally)
 }
 

@@ -220,8 +220,12 @@ pub struct LoadReport {
     /// Present with `--mix heavy=K`.
     pub heavy: Option<HeavyReport>,
     /// CPU time (user+sys) spent during the run, by this load generator and, given
-    /// `--server-pid`, by the server.
+    /// `--server-pid`, by the server (when its CPU could be measured).
     pub cpu: Option<CpuReport>,
+    /// Given `--server-pid`: what the server's whole tree spent, each figure saying
+    /// how it was measured (see `crate::account`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::account::ServerAccount>,
     /// The answered window in wall-clock time, Unix seconds: from the first request
     /// to the last verified reply (`window_end_unix - window_start_unix =
     /// elapsed_secs`). Merging takes the rates over the agents' joint window.
@@ -280,8 +284,9 @@ pub struct CpuUse {
 /// never the bottleneck" (its cost per request must stay below the server's).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CpuReport {
+    /// This process's own (getrusage), the server sampler's time left out.
     pub load: CpuUse,
-    /// From /proc/PID/stat (10 ms ticks: run a few seconds for a precise figure).
+    /// The server's, as `server.cpu_secs` measured it (cgroup, or sampled).
     pub server: Option<CpuUse>,
 }
 
@@ -419,14 +424,11 @@ pub fn render(r: &LoadReport) -> String {
             "cpu: load {:.3} s = {:.2} us/request",
             cpu.load.secs, cpu.load.us_per_request
         );
-        if let Some(s) = &cpu.server {
-            let _ = write!(
-                out,
-                "; server {:.3} s = {:.2} us/request",
-                s.secs, s.us_per_request
-            );
-        }
         let _ = writeln!(out);
+    }
+    if let Some(a) = &r.server {
+        let requests = r.requests_ok + r.heavy.as_ref().map_or(0, |h| h.requests_ok);
+        let _ = writeln!(out, "server pid {}: {}", a.pid, a.summary(Some(requests)));
     }
     out
 }

@@ -171,6 +171,15 @@ pub fn merge(reports: &[(String, LoadReport)]) -> Result<LoadReport, MergeError>
         },
         server: None,
     });
+    // Likewise the server's whole account: each agent read it over its own window.
+    out.server = None;
+    let views = reports.iter().filter(|(_, r)| r.server.is_some()).count();
+    if views > 0 {
+        warnings.push(format!(
+            "the server's account (--server-pid) of {views} agent(s) is left out: each read \
+             the same server over its own window, so the figures do not add"
+        ));
+    }
     out.agents = agents;
     out.start_late_secs = None;
     out.merge_warnings = warnings;
@@ -218,6 +227,7 @@ mod tests {
             latency_us: Latency::from_histogram(&h),
             heavy: None,
             cpu: None,
+            server: None,
             window_start_unix: window.0,
             window_end_unix: window.1,
             run_end_unix: None,

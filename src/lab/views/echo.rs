@@ -2,6 +2,7 @@
 
 use super::{View, conns_of, failures, find, pts, servers_in};
 use super::{ceiling_of, family_of, join_and, leaders, spread_cell};
+use crate::account::How;
 use crate::lab::chart::{self, Series};
 use crate::lab::fmt::{cell, human};
 use crate::lab::results::ServerInfo;
@@ -82,13 +83,20 @@ pub fn view(points: &[Point], servers: &[ServerInfo]) -> View {
         ));
         let m = find(&ps, &server, &mid_case);
         let g = |k: &str| m.and_then(|p| p.get(k));
+        // A figure the run could not measure says so; "-" is a point not run.
+        let server_cell =
+            |k: &str, show: &dyn Fn(f64) -> String| match (g(k), m.and_then(|p| p.how(k))) {
+                (Some(x), _) => show(x),
+                (None, Some(_)) => "not measured".to_string(),
+                (None, None) => "-".to_string(),
+            };
         row.extend([
             cell(g("p50_us")),
             cell(g("p99_us")),
-            g("server_cpu_us_per_req").map_or("-".into(), |x| format!("{x:.1}")),
-            cell(g(mem_key)),
-            cell(g("server_threads")),
-            g("ctx_switches_per_req").map_or("-".into(), |x| format!("{x:.2}")),
+            server_cell("server_cpu_us_per_req", &|x| format!("{x:.1}")),
+            server_cell(mem_key, &|x| cell(Some(x))),
+            server_cell("server_threads", &|x| cell(Some(x))),
+            server_cell("ctx_switches_per_req", &|x| format!("{x:.2}")),
         ]);
         let errors: Vec<f64> = ps
             .iter()
@@ -217,18 +225,35 @@ pub fn view(points: &[Point], servers: &[ServerInfo]) -> View {
             human(t),
         );
     }
-    // /proc counts CPU in 10 ms ticks: a server of short-lived processes can read 0
-    // for a short run, which is not a measurement of "free".
-    let cheapest = servers_in(&ps)
+    // The cheapest is named only on figures exact for every server at that point
+    // (each counted by the server's own cgroup): a sampled figure can miss what an
+    // exited thread or child did last, and those are the servers the talk contrasts.
+    let costs: Vec<(String, f64, Option<String>)> = servers_in(&ps)
         .into_iter()
-        .filter(|s| at(s, mid, "server_cpu_secs").is_some_and(|c| c > 0.0))
-        .filter_map(|s| at(&s, mid, "server_cpu_us_per_req").map(|c| (s, c)))
-        .min_by(|a, b| a.1.total_cmp(&b.1));
-    if let Some((s, c)) = cheapest {
-        let _ = write!(
-            answer,
-            "The cheapest in CPU was {s} at {c:.1} µs of server CPU per request. "
-        );
+        .filter_map(|s| {
+            let p = find(&ps, &s, &mid_case)?;
+            let how = p.how("server_cpu_us_per_req").map(String::from);
+            Some((s, p.get("server_cpu_us_per_req")?, how))
+        })
+        .collect();
+    let inexact: Vec<&str> = costs
+        .iter()
+        .filter(|(_, _, how)| how.as_deref() != Some(How::Cgroup.label()))
+        .map(|(s, _, _)| s.as_str())
+        .collect();
+    if let Some((s, c, _)) = costs.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
+        if inexact.is_empty() {
+            let _ = write!(
+                answer,
+                "The cheapest in CPU was {s} at {c:.1} µs of server CPU per request (each server's own cgroup, every thread and child it ran counted). "
+            );
+        } else {
+            let _ = write!(
+                answer,
+                "No server is named cheapest in CPU: the CPU of {} was sampled from /proc, not counted by a cgroup, so the figures are not exact for every server. ",
+                join_and(&inexact)
+            );
+        }
     }
     // Each CPython server against the concur model written the same way.
     let pairs: Vec<String> = servers
@@ -253,6 +278,7 @@ pub fn view(points: &[Point], servers: &[ServerInfo]) -> View {
     if answer.is_empty() {
         answer = "Not measured.".into();
     }
+    let notes = notes_on(&ps, &mid_case, servers);
     View {
         id: "echo",
         title: "2. I/O-bound: the echo server under every model",
@@ -262,6 +288,98 @@ pub fn view(points: &[Point], servers: &[ServerInfo]) -> View {
         rows,
         chart,
         failures: failures(&ps),
+        notes,
+    }
+}
+
+/// How the server figures of the table were measured, and what its errors were, in
+/// words: a table of numbers says neither.
+fn notes_on(ps: &[&Point], mid_case: &str, servers: &[ServerInfo]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let at_mid: Vec<&Point> = ps.iter().copied().filter(|p| p.case == mid_case).collect();
+    let by = |metric: &str, how: &str| -> Vec<&str> {
+        at_mid
+            .iter()
+            .filter(|p| p.how(metric) == Some(how))
+            .map(|p| p.server.as_str())
+            .collect()
+    };
+    let cgroup = by("server_cpu_us_per_req", How::Cgroup.label());
+    let sampled = by("server_cpu_us_per_req", How::Sampled.label());
+    let mut cpu = Vec::new();
+    if !cgroup.is_empty() {
+        cpu.push(format!(
+            "counted by the server's own cgroup, every thread and child it ever ran included, for {}",
+            group_of(&cgroup)
+        ));
+    }
+    if !sampled.is_empty() {
+        cpu.push(format!(
+            "sampled from /proc while the load ran (a thread or child's last moments before it exited may be missed) for {}",
+            group_of(&sampled)
+        ));
+    }
+    if !cpu.is_empty() {
+        notes.push(format!("Server CPU: {}.", cpu.join("; ")));
+    }
+    if at_mid
+        .iter()
+        .any(|p| p.how("ctx_switches_per_req").is_some())
+    {
+        notes.push(
+            "Threads and context switches: sampled from /proc while the load ran, every thread and child ever seen kept with its last counts, the last reading taken before the clients closed."
+                .into(),
+        );
+    }
+    // Errors in words: a bounded server's timeouts are its nature, not a fault.
+    for p in ps
+        .iter()
+        .filter(|p| p.get("errors").is_some_and(|e| e > 0.0))
+    {
+        let timeouts = p.get("errors_timeout").unwrap_or(0.0);
+        let conns = conns_of(p).unwrap_or(0.0);
+        let why = match ceiling_of(&p.server, servers).as_deref() {
+            Some("one") if timeouts > 0.0 => {
+                " it serves one client at a time, and the others waited past the load's timeout"
+            }
+            Some("workers") if timeouts > 0.0 => {
+                " it serves as many clients at once as it has workers, and the others waited past the load's timeout for one to be free (the pool's nature, not a fault)"
+            }
+            _ => "",
+        };
+        let kinds: Vec<String> = [
+            ("timed out", timeouts),
+            ("refused", p.get("errors_refused").unwrap_or(0.0)),
+            ("closed early", p.get("errors_closed_early").unwrap_or(0.0)),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0.0)
+        .map(|(what, n)| format!("{} {what}", human(*n)))
+        .collect();
+        let kinds = if kinds.is_empty() {
+            format!("{} failed", human(p.get("errors").unwrap_or(0.0)))
+        } else {
+            kinds.join(", ")
+        };
+        notes.push(format!(
+            "Errors of {} at {conns} connections: {kinds} of its clients{}.",
+            p.server,
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(":{why}")
+            }
+        ));
+    }
+    notes
+}
+
+/// "all 5 servers" or the names.
+fn group_of(names: &[&str]) -> String {
+    if names.len() > 4 {
+        format!("{} servers ({})", names.len(), names.join(", "))
+    } else {
+        join_and(names)
     }
 }
 
@@ -340,14 +458,18 @@ mod tests {
             info("py-loop", Family::Python, "descriptors", Some("loop")),
             info("py-serial", Family::Python, "one", Some("serial")),
         ];
-        let r = results(vec![
+        let mut r = results(vec![
             mk("serial", 1, 10_000.0, 0.1),
             mk("serial", 100, 11_000.0, 0.1),
             mk("per-thread", 100, 125_000.0, 1.0),
-            mk("loop", 100, 200_000.0, 0.0),
+            mk("loop", 100, 200_000.0, 0.01),
             mk("py-loop", 100, 20_000.0, 0.5),
             mk("py-serial", 100, 5_500.0, 0.2),
         ]);
+        for p in &mut r.points {
+            p.measured
+                .insert("server_cpu_us_per_req".into(), "cgroup".into());
+        }
         let a = view(&r.points, &servers).answer;
         assert!(
             a.contains("serial serves one client at a time while the rest wait in the listen backlog: at 100 connections it managed 11k req/s (with 1 connection: 10k) against 125k for per-thread, a thread per client"),
@@ -357,10 +479,69 @@ mod tests {
             a.contains("of the throughput of the Rust model written the same way: py-loop 10% of loop and py-serial 50% of serial."),
             "{a}"
         );
-        // A CPU figure of 0 (below /proc's 10 ms tick) is not the cheapest.
+        // Every server's CPU counted by its cgroup: the cheapest is named.
+        assert!(a.contains("The cheapest in CPU was loop at 0.1"), "{a}");
+        // One server's sampled: no winner on figures not exact for every server.
+        r.points[2]
+            .measured
+            .insert("server_cpu_us_per_req".into(), "sampled".into());
+        let a = view(&r.points, &servers).answer;
+        assert!(!a.contains("cheapest in CPU was"), "{a}");
         assert!(
-            a.contains("The cheapest in CPU was per-thread at 8.0"),
+            a.contains("No server is named cheapest in CPU: the CPU of per-thread was sampled"),
             "{a}"
+        );
+    }
+
+    /// A figure the run could not measure is "not measured" in the table, never 0,
+    /// and the notes say how the others were measured and what the errors were.
+    #[test]
+    fn unmeasured_figures_say_so_and_errors_are_explained() {
+        let mut pool = point(
+            "echo",
+            "pool",
+            "conns=100 size=64",
+            &[
+                ("req_per_s", 9_000.0),
+                ("server_cpu_us_per_req", 7.5),
+                ("errors", 480.0),
+                ("errors_timeout", 480.0),
+            ],
+        );
+        pool.params.insert("conns".into(), 100.into());
+        pool.params.insert("size".into(), 64.into());
+        pool.measured = [
+            ("server_cpu_us_per_req".to_string(), "cgroup".to_string()),
+            ("ctx_switches_per_req".to_string(), "sampled".to_string()),
+            ("server_pss_mb".to_string(), "not measured".to_string()),
+            ("server_threads".to_string(), "not measured".to_string()),
+        ]
+        .into();
+        let servers = [ServerInfo {
+            name: "pool".into(),
+            family: Family::Further,
+            ceiling: Some("workers".into()),
+            counterpart: None,
+        }];
+        let v = view(&[pool], &servers);
+        let row = &v.rows[0];
+        let col = |name: &str| {
+            v.columns
+                .iter()
+                .position(|c| c.starts_with(name))
+                .unwrap_or_else(|| panic!("no column {name}: {:?}", v.columns))
+        };
+        assert_eq!(row[col("threads")], "not measured", "{row:?}");
+        assert_eq!(row[col("CPU µs/req")], "7.5", "{row:?}");
+        assert_eq!(row[col("ctx sw/req")], "not measured", "{row:?}");
+        let notes = v.notes.join("\n");
+        assert!(
+            notes.contains("Server CPU: counted by the server's own cgroup"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("Errors of pool at 100 connections: 480 timed out of its clients: it serves as many clients at once as it has workers"),
+            "{notes}"
         );
     }
 

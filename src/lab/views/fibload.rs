@@ -75,6 +75,7 @@ pub fn view(points: &[Point]) -> View {
         rows,
         chart,
         failures: failures(&ps),
+        notes: Vec::new(),
     }
 }
 

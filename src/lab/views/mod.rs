@@ -24,6 +24,9 @@ pub struct View {
     pub rows: Vec<Vec<String>>,
     pub chart: String,
     pub failures: Vec<String>,
+    /// Below the table: how its figures were measured, and what its errors were, in
+    /// words.
+    pub notes: Vec<String>,
 }
 
 pub(crate) fn pts<'a>(points: &'a [Point], exp: &str) -> Vec<&'a Point> {

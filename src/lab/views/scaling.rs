@@ -158,6 +158,7 @@ pub fn view(points: &[Point]) -> View {
         rows,
         chart,
         failures: Vec::new(),
+        notes: Vec::new(),
     }
 }
 
