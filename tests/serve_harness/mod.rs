@@ -106,18 +106,7 @@ impl Server {
                 log.grew.notify_all();
             });
         }
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = stdout.read_line(&mut line);
-            let _ = tx.send(line);
-            stdout
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("no listening line within 30 s");
-        let stdout = reader.join().unwrap();
+        let (line, stdout) = first_line(child.stdout.take().unwrap());
         let expected_tail = format!(" model={model} service={service}\n");
         let addr = line
             .strip_prefix("listening on ")
@@ -493,4 +482,21 @@ pub fn socket_inodes(pid: u32) -> std::collections::BTreeSet<u64> {
             t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
         })
         .collect()
+}
+
+/// A server's first line on stdout (its "listening on ..."), waited for at most 30 s
+/// (a guard against a server that never starts), and the rest of its stdout.
+pub fn first_line(stdout: ChildStdout) -> (String, BufReader<ChildStdout>) {
+    let mut stdout = BufReader::new(stdout);
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = stdout.read_line(&mut line);
+        let _ = tx.send(line);
+        stdout
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("no listening line within 30 s");
+    (line, reader.join().unwrap())
 }
