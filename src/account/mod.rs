@@ -494,6 +494,47 @@ mod tests {
         root.wait().unwrap();
     }
 
+    /// A tree larger than the sampler's descriptor budget is read whole, by name past
+    /// the budget, and the sampler never holds more than the budget open: it runs in
+    /// a client whose descriptors are its connections.
+    #[test]
+    fn a_large_tree_is_read_within_the_descriptor_budget() {
+        let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        let extra = 400;
+        let threads: Vec<_> = (0..extra)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    let _ = rx.lock().unwrap().recv();
+                })
+            })
+            .collect();
+        let before = fds();
+        let mut tasks = tasks::Tasks::start(std::process::id()).unwrap();
+        tasks.sample();
+        let t = tasks.totals();
+        // Other tests' threads come and go beside these; this test's are all there.
+        assert!(t.tasks_seen >= extra as u64, "{t:?}");
+        assert!(t.threads_now >= extra as u64, "{t:?}");
+        assert!(
+            fds() <= before + 256,
+            "{} descriptors after, {before} before",
+            fds()
+        );
+        drop(tx);
+        for th in threads {
+            th.join().unwrap();
+        }
+        tasks.sample();
+        assert!(
+            tasks.totals().tasks_exited >= extra as u64,
+            "{:?}",
+            tasks.totals()
+        );
+    }
+
     #[test]
     fn sched_and_status_are_parsed() {
         let sched = "cat (5552, #threads: 1)\n---\nse.exec_start : 432266.123551\nse.sum_exec_runtime                          :             12.607158\nnr_switches : 3\nnr_voluntary_switches                        :                    2\nnr_involuntary_switches                      :                    1\n";

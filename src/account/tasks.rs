@@ -15,7 +15,10 @@
 //! `schedstat` (CPU in nanoseconds) are read instead, two reads. The descriptors stay
 //! open between samples, and a descriptor of /proc names one task, not a number: once
 //! the task is reaped, a read fails, even if its thread id was given to another task
-//! meanwhile. A zombie (a child that exited and is not yet reaped, as the talk's
+//! meanwhile. The sampler runs inside the client, whose descriptors are its
+//! connections, so it keeps at most 256 open (`MAX_OPEN`); the tasks past that are read by
+//! name at each sample, and one whose counts went down is taken for a new task under
+//! a reused number. A zombie (a child that exited and is not yet reaped, as the talk's
 //! `Process(...).start()` without `join()` leaves behind) still reads, with its counts.
 //!
 //! New tasks are found by listing: `/proc` itself for new processes (a new pid whose
@@ -111,10 +114,47 @@ fn numbered(dir: &str) -> impl Iterator<Item = u32> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
 }
 
-/// Where one task's counters are read from, kept open.
+/// The most descriptors the sampler keeps open: it runs inside the client, whose
+/// descriptors are its connections (a hold of 10,000 connections against a process
+/// per client must not lose 20,000 of them to the sampler).
+const MAX_OPEN: usize = 256;
+
+/// A /proc file read again at every sample: kept open while the budget allows (a
+/// descriptor names one task, so a number given to another task meanwhile cannot be
+/// mistaken for it), else opened by name each time (and a task whose counts went
+/// down is taken for a new one under the old number).
+enum ProcFile {
+    Open(File),
+    Named(String),
+}
+
+impl ProcFile {
+    fn new(path: String, keep: bool) -> Option<ProcFile> {
+        let f = File::open(&path).ok()?;
+        Some(if keep {
+            ProcFile::Open(f)
+        } else {
+            ProcFile::Named(path)
+        })
+    }
+
+    fn read<'b>(&self, buf: &'b mut Vec<u8>) -> Option<&'b str> {
+        let n = match self {
+            ProcFile::Open(f) => read(f, buf)?,
+            ProcFile::Named(path) => read(&File::open(path).ok()?, buf)?,
+        };
+        std::str::from_utf8(&buf[..n]).ok()
+    }
+
+    fn fds(&self) -> usize {
+        usize::from(matches!(self, ProcFile::Open(_)))
+    }
+}
+
+/// Where one task's counters are read from.
 enum Source {
-    Sched(File),
-    StatusAndSchedstat(File, File),
+    Sched(ProcFile),
+    StatusAndSchedstat(ProcFile, ProcFile),
 }
 
 fn read(file: &File, buf: &mut Vec<u8>) -> Option<usize> {
@@ -134,31 +174,32 @@ fn read(file: &File, buf: &mut Vec<u8>) -> Option<usize> {
 }
 
 impl Source {
-    fn open(pid: u32, tid: u32) -> Option<Source> {
+    fn open(pid: u32, tid: u32, keep: bool) -> Option<Source> {
         let dir = format!("/proc/{pid}/task/{tid}");
-        if let Ok(f) = File::open(format!("{dir}/sched")) {
+        if let Some(f) = ProcFile::new(format!("{dir}/sched"), keep) {
             return Some(Source::Sched(f));
         }
         Some(Source::StatusAndSchedstat(
-            File::open(format!("{dir}/status")).ok()?,
-            File::open(format!("{dir}/schedstat")).ok()?,
+            ProcFile::new(format!("{dir}/status"), keep)?,
+            ProcFile::new(format!("{dir}/schedstat"), keep)?,
         ))
+    }
+
+    fn fds(&self) -> usize {
+        match self {
+            Source::Sched(f) => f.fds(),
+            Source::StatusAndSchedstat(a, b) => a.fds() + b.fds(),
+        }
     }
 
     /// The task's counts now; `None` once it has been reaped.
     fn read(&self, buf: &mut Vec<u8>) -> Option<Counts> {
         match self {
-            Source::Sched(f) => {
-                let n = read(f, buf)?;
-                parse_sched(std::str::from_utf8(&buf[..n]).ok()?)
-            }
+            Source::Sched(f) => parse_sched(f.read(buf)?),
             Source::StatusAndSchedstat(status, schedstat) => {
-                let n = read(status, buf)?;
-                let (voluntary, involuntary) =
-                    parse_status_switches(std::str::from_utf8(&buf[..n]).ok()?)?;
-                let n = read(schedstat, buf)?;
-                let cpu_ns = std::str::from_utf8(&buf[..n])
-                    .ok()?
+                let (voluntary, involuntary) = parse_status_switches(status.read(buf)?)?;
+                let cpu_ns = schedstat
+                    .read(buf)?
                     .split_whitespace()
                     .next()?
                     .parse()
@@ -181,8 +222,8 @@ struct Task {
 }
 
 struct Process {
-    /// `/proc/PID/stat`, kept open: its state says whether the process is a zombie.
-    stat: File,
+    /// `/proc/PID/stat`: its state says whether the process is a zombie.
+    stat: ProcFile,
     zombie: bool,
 }
 
@@ -217,6 +258,8 @@ pub struct Tasks {
     threads: HashMap<u32, u64>,
     exited: Counts,
     totals: Totals,
+    /// Descriptors held open now (at most [`MAX_OPEN`]).
+    open: usize,
     buf: Vec<u8>,
 }
 
@@ -224,7 +267,7 @@ impl Tasks {
     /// Start following `root`'s tree: every task alive now is read, and what it did
     /// before now is not counted. `None` if `root` is not in /proc.
     pub fn start(root: u32) -> Option<Tasks> {
-        let stat = File::open(format!("/proc/{root}/stat")).ok()?;
+        let stat = ProcFile::new(format!("/proc/{root}/stat"), true)?;
         let mut t = Tasks {
             root,
             live: HashMap::new(),
@@ -239,6 +282,7 @@ impl Tasks {
             threads: HashMap::new(),
             exited: Counts::default(),
             totals: Totals::default(),
+            open: 1,
             buf: Vec::with_capacity(4096),
         };
         t.discover(true);
@@ -257,12 +301,22 @@ impl Tasks {
         let mut gone = Vec::new();
         for (&tid, task) in &mut self.live {
             match task.source.read(&mut self.buf) {
+                // Counts never go down: a task read by name whose counts did is a
+                // new task under the old one's number, and the old one has exited.
+                Some(c) if c.cpu_ns < task.last.cpu_ns || c.switches() < task.last.switches() => {
+                    self.exited.add(task.last.since(task.base));
+                    self.totals.tasks_exited += 1;
+                    self.totals.tasks_seen += 1;
+                    task.base = Counts::default();
+                    task.last = c;
+                }
                 Some(c) => task.last = c,
                 None => gone.push(tid),
             }
         }
         for tid in gone {
             if let Some(task) = self.live.remove(&tid) {
+                self.open -= task.source.fds();
                 self.exited.add(task.last.since(task.base));
                 self.totals.tasks_exited += 1;
             }
@@ -326,7 +380,9 @@ impl Tasks {
                 if !self.procs.contains_key(&ppid) {
                     return true;
                 }
-                if let Ok(stat) = File::open(format!("/proc/{pid}/stat")) {
+                let keep = self.open < MAX_OPEN;
+                if let Some(stat) = ProcFile::new(format!("/proc/{pid}/stat"), keep) {
+                    self.open += stat.fds();
                     self.procs.insert(
                         pid,
                         Process {
@@ -347,11 +403,7 @@ impl Tasks {
         let mut dead = Vec::new();
         let mut threads = HashMap::new();
         for (&pid, p) in &mut self.procs {
-            match read(&p.stat, &mut self.buf).and_then(|n| {
-                std::str::from_utf8(&self.buf[..n])
-                    .ok()
-                    .and_then(stat_state)
-            }) {
+            match p.stat.read(&mut self.buf).and_then(stat_state) {
                 Some(state) => p.zombie = matches!(state, 'Z' | 'X'),
                 None => {
                     dead.push(pid);
@@ -364,9 +416,10 @@ impl Tasks {
                 if self.live.contains_key(&tid) {
                     continue;
                 }
-                let Some(source) = Source::open(pid, tid) else {
+                let Some(source) = Source::open(pid, tid, self.open < MAX_OPEN) else {
                     continue;
                 };
+                self.open += source.fds();
                 let Some(now) = source.read(&mut self.buf) else {
                     continue;
                 };
@@ -386,7 +439,9 @@ impl Tasks {
             threads.insert(pid, n);
         }
         for pid in dead {
-            self.procs.remove(&pid);
+            if let Some(p) = self.procs.remove(&pid) {
+                self.open -= p.stat.fds();
+            }
         }
         if at_start {
             self.totals.processes_seen = self.procs.len() as u64;
