@@ -82,13 +82,62 @@ fn prepare(cmd: &mut Command, core: Option<usize>, join: Vec<std::os::fd::RawFd>
 /// A cgroup of its own for each server the lab starts, where the machine allows one:
 /// `concur-lab-<lab pid>-<n>` under the lab's own group. `None` (and the account is
 /// sampled, and says so) where it does not.
-fn server_group() -> Option<Group> {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+fn server_group(name: &str) -> Option<Group> {
     if std::env::var_os(NO_CGROUP).is_some() {
         return None;
     }
+    Group::create(name)
+}
+
+/// The name of the next server's group (or systemd scope): `concur-lab-<pid>-<n>`.
+fn next_group_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    Group::create(&format!("{GROUP_PREFIX}{}-{n}", std::process::id()))
+    format!("{GROUP_PREFIX}{}-{n}", std::process::id())
+}
+
+/// Whether systemd can give a server a cgroup where the lab cannot make one itself:
+/// on cgroup v2 without write access to its own group (a user's login session), the
+/// user's systemd manager makes delegated transient scopes (`systemd-run --user
+/// --scope`). Asked once, with a scope that runs `true`.
+fn user_scope() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        let v2 = std::fs::read_to_string("/proc/self/cgroup")
+            .is_ok_and(|t| t.lines().count() == 1 && t.starts_with("0::"));
+        v2 && std::env::var_os(NO_CGROUP).is_none()
+            && Command::new("systemd-run")
+                .args(["--user", "--scope", "--quiet", "true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    })
+}
+
+/// The command line that runs `command` through `sh -c`, in a transient systemd
+/// scope named `unit` when `scope` (systemd-run then execs it in place: the pid the
+/// lab started is the server's, and the scope's cgroup holds its tree alone).
+fn server_argv(command: &str, scope: Option<&str>) -> Vec<String> {
+    let mut argv = Vec::new();
+    if let Some(unit) = scope {
+        argv.extend(
+            [
+                "systemd-run",
+                "--user",
+                "--scope",
+                "--quiet",
+                "--collect",
+                "--unit",
+                unit,
+                "--",
+            ]
+            .map(String::from),
+        );
+    }
+    argv.extend(["sh".to_string(), "-c".to_string(), command.to_string()]);
+    argv
 }
 
 /// Set (to anything) to make the lab run its servers without cgroups, as on a
@@ -141,12 +190,15 @@ impl Server {
         let command = launch.command.replace("{port}", &port.to_string());
         let log_file = std::fs::File::create(launch.log)
             .with_context(|| format!("creating server log {}", launch.log.display()))?;
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", &command])
+        let group = next_group_name();
+        let cgroup = server_group(&group);
+        let scope = (cgroup.is_none() && user_scope()).then_some(group.as_str());
+        let argv = server_argv(&command, scope);
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
-        let cgroup = server_group();
         prepare(
             &mut cmd,
             launch.core,
@@ -557,6 +609,27 @@ while True: time.sleep(0.05)'";
         assert_eq!(
             command_line(&cmd),
             "/bin/concur load --prefix 'Received: ' --addr 127.0.0.1:80 --x ''"
+        );
+    }
+
+    #[test]
+    fn a_server_runs_through_sh_or_in_a_systemd_scope() {
+        assert_eq!(server_argv("echo hi", None), ["sh", "-c", "echo hi"]);
+        assert_eq!(
+            server_argv("echo hi", Some("concur-lab-7-0")),
+            [
+                "systemd-run",
+                "--user",
+                "--scope",
+                "--quiet",
+                "--collect",
+                "--unit",
+                "concur-lab-7-0",
+                "--",
+                "sh",
+                "-c",
+                "echo hi"
+            ]
         );
     }
 
