@@ -7,8 +7,9 @@
 #
 # Per model: 64-byte plain echo requests (--prefix ''), 100 connections, closed
 # loop, the server pinned to core 0 (taskset -c 0) and `concur load` to core 1.
-# Reports req/s, p99, and the server's CPU time per request: utime+stime from
-# /proc/PID/stat (plus its children's) read before and after the load run.
+# Reports req/s, p99, and the server's CPU time per request, as `concur load
+# --server-pid` accounts it (every thread and child the server ran, exited ones
+# included; see docs/load-and-hold.md).
 # Ratios are to the C reference in the same run. Each figure is the median of
 # ROUNDS rounds (every model once per round), which tames a noisy machine; the
 # "best of rounds" column compares each model's best round (highest req/s, lowest
@@ -117,19 +118,6 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-TICKS=$(getconf CLK_TCK)
-
-# CPU ticks of PID, its reaped children and its live children.
-cpu_ticks() {
-    local pid=$1 total kids
-    total=$(awk '{ sub(/.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$pid/stat")
-    for kid in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
-        kids=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$kid/stat" 2>/dev/null || echo 0)
-        total=$((total + kids))
-    done
-    echo "$total"
-}
-
 # Start model $1 pinned to core 0 (MODEL@base: on the binary $BASE); sets SERVER and ADDR.
 start() {
     local model=${1%@base} out=$WORK/$1.out binary=$CONCUR
@@ -161,13 +149,11 @@ echo "# $CONNS connections, $SIZE-byte echo, median of $ROUNDS rounds of ${DUR} 
 for round in $(seq "$ROUNDS"); do
     for model in $MODELS; do
         start "$model"
-        before=$(cpu_ticks "$SERVER")
         taskset -c 1 "$LOAD" load --addr "$ADDR" --service echo --prefix '' --conns "$CONNS" \
-            --size "$SIZE" --duration "${DUR}s" --json >"$WORK/$model.$round.json" 2>/dev/null || true
-        sleep 0.5 # children that served the load exit and are reaped (processes)
-        after=$(cpu_ticks "$SERVER")
+            --size "$SIZE" --duration "${DUR}s" --server-pid "$SERVER" --json \
+            >"$WORK/$model.$round.json" 2>/dev/null || true
         stop
-        echo "$model $round $((after - before))" >>"$WORK/cpu"
+        echo "$model $round" >>"$WORK/runs"
     done
 done
 
@@ -180,13 +166,10 @@ if [ "$HOLD" -gt 0 ]; then
     done
 fi
 
-python3 - "$WORK" "$TICKS" "$MODELS" "$HOLD" "$HOLD_MODELS" <<'EOF'
+python3 - "$WORK" "$MODELS" "$HOLD" "$HOLD_MODELS" <<'EOF'
 import json, os, sys
-work, ticks, models, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), int(sys.argv[4])
-cpu = {}
-for line in open(os.path.join(work, "cpu")):
-    m, rnd, t = line.split()
-    cpu[(m, rnd)] = int(t)
+work, models, hold = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
+rounds = [line.split() for line in open(os.path.join(work, "runs"))]
 
 def find(d, key):
     if isinstance(d, dict):
@@ -205,7 +188,7 @@ def median(xs):
 rows = {}
 for m in models:
     runs = []
-    for (mm, rnd), t in cpu.items():
+    for mm, rnd in rounds:
         if mm != m:
             continue
         try:
@@ -213,9 +196,10 @@ for m in models:
         except Exception:
             continue
         ok = r["requests_ok"]
-        if ok:
+        t = ((r.get("server") or {}).get("cpu_secs") or {}).get("value")
+        if ok and t is not None:
             load_us = ((r.get("cpu") or {}).get("load") or {}).get("us_per_request", float("nan"))
-            runs.append((r["req_per_s"], r["latency_us"]["p99"], t / ticks * 1e6 / ok, r["errors_total"], load_us))
+            runs.append((r["req_per_s"], r["latency_us"]["p99"], t * 1e6 / ok, r["errors_total"], load_us))
     rows[m] = None if not runs else (
         median([x[0] for x in runs]),
         median([x[1] for x in runs]),
@@ -253,7 +237,7 @@ if hold:
     print()
     print(f"| model | RSS before | RSS holding {hold} | per connection |")
     print("|---|---:|---:|---:|")
-    for m in sys.argv[5].split():
+    for m in sys.argv[4].split():
         path = os.path.join(work, m + ".hold.json")
         if not os.path.exists(path):
             continue
