@@ -20,6 +20,7 @@ use super::stats::Point;
 use super::{Lab, Plan};
 use crate::hold::HoldReport;
 use crate::load::report::LoadReport;
+use crate::models::Ceiling;
 use anyhow::{Result, anyhow};
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -618,23 +619,81 @@ fn fibload_configs(servers: &[ServerDecl]) -> Vec<FibConfig> {
     configs
 }
 
-/// How many progress steps the plan takes (for the progress bar).
-pub fn planned_steps(plan: &Plan, servers: &[ServerDecl], python: bool) -> usize {
+/// What each progress step is expected to take, seconds, in the order the
+/// experiments take them: the estimate of the time left weighs the steps left by
+/// these, so a million-connection rung counts for minutes and a quick load run for a
+/// fraction of a second. The figures are this machine's kind (measured from a full
+/// run's log, 2 cores); what matters is their proportions, the estimate scales them
+/// by the real pace of the run so far.
+pub fn planned_steps(
+    plan: &Plan,
+    servers: &[ServerDecl],
+    python: bool,
+    limits: &ladder::Limits,
+) -> Vec<f64> {
     let echo_list: Vec<&ServerDecl> = servers.iter().filter(|d| d.echo.is_some()).collect();
     let has = |e: &str| plan.experiments.iter().any(|x| x == e);
-    let mut total = 0;
+    let secs = |d: Duration| d.as_secs_f64();
+    // One naive fib(n) call, Rust and CPython (fib(30): 2.4 ms and 100 ms).
+    let fib = |n: u32, fib30: f64| fib30 * 1.618_f64.powi(n as i32 - 30);
+    let list = |ns: &[u32], fib30: f64| ns.iter().map(|&n| fib(n, fib30)).sum::<f64>();
+    let (rust30, python30) = (2.4e-3, 0.1);
+    // A server's start, and what a load run adds to its duration.
+    let (start, run_overhead) = (0.3, 0.1);
+    let mut steps = Vec::new();
     if has("cpu") {
-        total += plan.repeat * if python { 3 } else { 1 };
+        for _ in 0..plan.repeat {
+            // Five modes: the list sequentially, then four ways on two cores.
+            steps.push(3.0 * list(&plan.fib_rust_n, rust30));
+            if python {
+                steps.push(4.0 * list(&plan.fib_python_n, python30));
+                steps.push(list(&plan.fib_python_n, rust30));
+            }
+        }
     }
     if has("echo") {
-        let echo_cases = plan.echo_conns.len() + 1;
-        total += echo_list.len() * (1 + echo_cases * plan.repeat);
+        let cases = plan.echo_conns.len() + 1;
+        for _ in &echo_list {
+            steps.push(start);
+            steps.extend(std::iter::repeat_n(
+                secs(plan.duration) + run_overhead,
+                cases * plan.repeat,
+            ));
+        }
     }
     if has("scaling") {
-        total += echo_list.len() * plan.hold_conns.len();
+        for decl in &echo_list {
+            // A thread or a process per connection is started for each (about 1 ms);
+            // otherwise opening, a round trip each and the kernel closing both ends
+            // take about 250 µs a connection, a million in four to five minutes.
+            let per_conn = match decl.nature.ceiling {
+                Some(Ceiling::Threads | Ceiling::Processes) => 1e-3,
+                _ => 250e-6,
+            };
+            // The rungs the ladder will refuse from the server's nature are skipped
+            // steps, which take no time.
+            let mut climbing = true;
+            for &n in &plan.hold_conns {
+                climbing &= !matches!(
+                    ladder::decide(&decl.nature, n, limits, &ladder::Measured::default()),
+                    ladder::Decision::Skip(_)
+                );
+                steps.push(if climbing {
+                    1.0 + secs(plan.hold_duration) + f64::from(n) * per_conn
+                } else {
+                    0.0
+                });
+            }
+        }
     }
     if has("fibload") {
-        total += fibload_configs(servers).len() * (1 + 2 * plan.repeat);
+        for _ in fibload_configs(servers) {
+            steps.push(start);
+            steps.extend(std::iter::repeat_n(
+                secs(plan.duration) + run_overhead,
+                2 * plan.repeat,
+            ));
+        }
     }
-    total
+    steps
 }

@@ -392,8 +392,10 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let total = experiments::planned_steps(&plan, &servers, python_ok) as u64;
-    let progress = progress::Progress::new(total);
+    let limits = ladder::Limits::read(fd_limit, runner::pinning().is_some());
+    let progress = progress::Progress::new(experiments::planned_steps(
+        &plan, &servers, python_ok, &limits,
+    ));
     let mut lab = Lab {
         exe: exe.to_path_buf(),
         python: python_path.clone(),
@@ -468,14 +470,49 @@ pub fn run(args: &LabArgs, exe: &Path) -> Result<u8> {
     write(&args.out, "report.html", &render::html(&results, &views))?;
     let mut answers = String::new();
     for v in &views {
-        answers.push_str(&format!("{}\n  {}\n\n", v.title, v.answer));
+        answers.push_str(&format!("{}\n  {}\n", v.title, v.answer));
+        for line in unmeasured(&results.points, v.id) {
+            answers.push_str(&format!("  not measured: {line}\n"));
+        }
+        answers.push('\n');
     }
     answers.push_str(&format!(
         "wrote {}\n",
         args.out.join("report.html").display()
     ));
     print_out(&answers)?;
-    Ok(if results.interrupted { 130 } else { 0 })
+    let measured = results.points.iter().any(|p| !p.metrics.is_empty());
+    Ok(match (results.interrupted, measured) {
+        (true, _) => 130,
+        (false, true) => 0,
+        // A lab that measured nothing failed, however well it wrote its report.
+        (false, false) => 1,
+    })
+}
+
+/// The servers of `experiment` of which nothing was measured, each with why, in one
+/// line: "mine: not available: mine exited (exit status: 127) before listening ...".
+fn unmeasured(points: &[Point], experiment: &str) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut named: Vec<&str> = Vec::new();
+    for p in points.iter().filter(|p| p.experiment == experiment) {
+        let measured = points
+            .iter()
+            .any(|q| q.experiment == experiment && q.server == p.server && !q.metrics.is_empty());
+        if measured || named.contains(&p.server.as_str()) {
+            continue;
+        }
+        if let Some(why) = &p.error {
+            named.push(&p.server);
+            let why: String = why.split_whitespace().collect::<Vec<_>>().join(" ");
+            let why = match why.char_indices().nth(240) {
+                Some((i, _)) => format!("{}...", &why[..i]),
+                None => why,
+            };
+            lines.push(format!("{}: {why}", p.server));
+        }
+    }
+    lines
 }
 
 /// Write to stdout; a failed write is an error (one line, exit 1), not a panic.
@@ -557,6 +594,76 @@ mod tests {
     fn plan(args: &[&str]) -> Result<Plan> {
         let cli = Cli::try_parse_from(std::iter::once("lab").chain(args.iter().copied())).unwrap();
         Plan::from_args(&cli.lab, &config::LabFile::default())
+    }
+
+    /// The estimate of the time left, at every quarter of a real full run, is within
+    /// 1.5x of what really was left: the planner's expected step times against the
+    /// times the steps of one full run took (`testdata/full-run-steps.txt`), with no
+    /// clock of this test's own.
+    #[test]
+    fn the_time_left_is_estimated_within_one_and_a_half_times() {
+        let real: Vec<f64> = include_str!("testdata/full-run-steps.txt")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .flat_map(|l| l.split_whitespace().map(|x| x.parse::<f64>().unwrap()))
+            .collect();
+        let plan = plan(&[]).unwrap();
+        let servers = servers::builtin(&servers::Builtins {
+            exe: Path::new("concur"),
+            python: Some((Path::new("python3"), Path::new("peers/python"))),
+            models: &plan.models,
+            heavy: plan.heavy,
+            heavy_python: plan.heavy_python,
+        });
+        // The machine the run was on: 2 cores (server pinned to one), the limits its
+        // ladder read.
+        let limits = ladder::Limits {
+            fd_limit: 20_000,
+            thread_ceiling: 13_106,
+            process_ceiling: 32_768,
+            server_cores: 1,
+            mem_available: Some(23_000_000_000),
+        };
+        let expected = experiments::planned_steps(&plan, &servers, true, &limits);
+        assert_eq!(expected.len(), real.len(), "the plan's steps are the run's");
+        let total: f64 = real.iter().sum();
+        let mut elapsed = 0.0;
+        let mut checked = 0;
+        let mut quarter = 1;
+        for (done, took) in real.iter().enumerate() {
+            if elapsed >= total * quarter as f64 / 4.0 && quarter < 4 {
+                let left = total - elapsed;
+                let guess = progress::estimate_left(
+                    std::time::Duration::from_secs_f64(elapsed),
+                    &expected,
+                    done,
+                )
+                .unwrap()
+                .as_secs_f64();
+                assert!(
+                    guess <= 1.5 * left && left <= 1.5 * guess,
+                    "at {elapsed} s of {total} s (step {done}): {guess:.0} s estimated, {left} s left"
+                );
+                checked += 1;
+                quarter += 1;
+            }
+            elapsed += took;
+        }
+        assert_eq!(checked, 3, "a quarter, a half and three quarters through");
+        // The mean of the steps so far, the estimate this replaces, is off by more.
+        let at_half = real
+            .iter()
+            .scan(0.0, |t, x| {
+                *t += x;
+                Some(*t)
+            })
+            .position(|t| t >= total / 2.0)
+            .unwrap();
+        let uniform = total / 2.0 / at_half as f64 * (real.len() - at_half) as f64;
+        assert!(
+            uniform < total / 2.0 / 1.5,
+            "{uniform} s would be estimated uniformly"
+        );
     }
 
     #[test]
