@@ -231,3 +231,35 @@ fn bad_server_options_exit_2_with_one_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A lab whose only server never starts measured nothing: it says which server and
+/// why on the terminal, under the answer, and exits 1 (the report is still written).
+#[test]
+fn a_lab_that_measured_nothing_says_why_and_exits_1() {
+    let out = temp_dir("nothing");
+    let run = Command::new(env!("CARGO_BIN_EXE_concur"))
+        .args([
+            "lab",
+            "--quick",
+            "--servers-only",
+            "--experiments",
+            "echo",
+            "--ready-timeout",
+            "2s",
+            "--server",
+            "ghost=no-such-server-binary --port {port}",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run concur lab");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(1), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("not measured: ghost:"))
+        .unwrap_or_else(|| panic!("no line names the server: {stdout}"));
+    assert!(line.contains("not found"), "{line}");
+    assert!(out.join("report.html").is_file(), "the report is written");
+    let _ = std::fs::remove_dir_all(&out);
+}
