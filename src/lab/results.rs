@@ -389,6 +389,16 @@ pub fn hold_metrics(r: &HoldReport) -> Metrics {
     if let Some(b) = r.kernel.as_ref().and_then(|k| k.bytes_per_conn(r.opened)) {
         m.insert("kernel_b_per_conn".into(), b as f64);
     }
+    // The server's own end, where its cgroup charges socket memory: the TCP buffers
+    // its held connections keep, beside the whole machine's kernel figure.
+    let sock = r
+        .server
+        .as_ref()
+        .and_then(|s| s.account.as_ref())
+        .and_then(|a| a.sock_bytes.value);
+    if let (Some(b), true) = (sock, r.opened > 0) {
+        m.insert("server_sock_b_per_conn".into(), b / r.opened as f64);
+    }
     m
 }
 
@@ -530,6 +540,33 @@ mod tests {
         assert_eq!(m["server_processes"], 7.0);
         assert!(m.contains_key("server_pss_mb"));
         assert!(!m.contains_key("server_rss_b_per_conn"));
+        // No cgroup, no figure of the server's own sockets (not a 0).
+        assert!(!m.contains_key("server_sock_b_per_conn"));
+        let figure = |value: Option<f64>, measured: crate::account::How| crate::account::Figure {
+            value,
+            measured,
+            note: String::new(),
+        };
+        let cg = crate::account::How::Cgroup;
+        r.server.as_mut().unwrap().account = Some(ServerAccount {
+            pid: 1,
+            cgroup: Some("memory: v1 /sys/fs/cgroup/memory/concur-lab-1-0".into()),
+            cpu_secs: figure(Some(0.5), cg),
+            context_switches: figure(Some(10.0), crate::account::How::Sampled),
+            threads_peak: figure(Some(1.0), crate::account::How::Sampled),
+            processes_peak: figure(Some(7.0), crate::account::How::Sampled),
+            tasks_seen: 7,
+            tasks_exited: 0,
+            processes_seen: 7,
+            memory_bytes: figure(Some(1e6), cg),
+            sock_bytes: figure(Some(40_960.0), cg),
+            pss_bytes: figure(Some(20_900.0), crate::account::How::Sampled),
+            rss_bytes: figure(Some(101_000.0), crate::account::How::Sampled),
+            samples: 3,
+            sample_interval_ms: 10.0,
+            sampler_cpu_secs: 0.001,
+        });
+        assert_eq!(hold_metrics(&r)["server_sock_b_per_conn"], 4_096.0);
         // PSS lost in one reading: the RSS growth, under its own name.
         r.server.as_mut().unwrap().memory = "rss".into();
         let m = hold_metrics(&r);

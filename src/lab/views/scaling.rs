@@ -47,6 +47,7 @@ pub fn view(points: &[Point]) -> View {
     columns.extend(
         [
             "kernel B/conn",
+            "its socket buffers B/conn",
             "opened/s",
             "server processes",
             "stopped because",
@@ -81,6 +82,11 @@ pub fn view(points: &[Point]) -> View {
         }
         let at_top = |k: &str| best.and_then(|p| p.get(k));
         row.push(cell(at_top("kernel_b_per_conn")));
+        // Only a server with a cgroup of its own has a figure of its own sockets.
+        row.push(best.map_or("-".into(), |p| {
+            p.get("server_sock_b_per_conn")
+                .map_or("not measured".into(), |b| format!("{b:.0}"))
+        }));
         row.push(cell(at_top("open_per_sec")));
         row.push(at_top("server_processes").map_or("-".into(), |n| format!("{n:.0}")));
         // What ended the climb: a rung decided beforehand, or one that fell short.
@@ -158,7 +164,13 @@ pub fn view(points: &[Point]) -> View {
         rows,
         chart,
         failures: Vec::new(),
-        notes: Vec::new(),
+        notes: if ps.is_empty() {
+            Vec::new()
+        } else {
+            vec![
+            "kernel B/conn: the whole machine's slab and TCP memory grown while holding, both loopback ends of each connection. Its socket buffers B/conn: the TCP buffer memory charged to the server's own cgroup, its end only; not measured where the server had no cgroup of its own.".to_string(),
+        ]
+        },
     }
 }
 
