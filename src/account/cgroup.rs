@@ -23,7 +23,6 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -432,14 +431,6 @@ impl Group {
     /// moves that process in (used between fork and exec).
     pub fn join_fds(&self) -> Vec<RawFd> {
         self.procs.iter().map(|f| f.as_raw_fd()).collect()
-    }
-
-    /// Move `pid` in (a process started without [`Group::join_fds`]).
-    pub fn join(&mut self, pid: u32) -> std::io::Result<()> {
-        for f in &mut self.procs {
-            f.write_all(pid.to_string().as_bytes())?;
-        }
-        Ok(())
     }
 
     /// Every process in the group, in any hierarchy.

@@ -87,11 +87,6 @@ impl Figure {
             note: why.to_string(),
         }
     }
-
-    /// Exact for a comparison: counted by the kernel for every task, not sampled.
-    pub fn exact(&self) -> bool {
-        self.measured == How::Cgroup && self.value.is_some()
-    }
 }
 
 /// What a server spent while it was watched, every figure with how it was measured.

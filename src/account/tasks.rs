@@ -248,7 +248,6 @@ pub struct Totals {
 
 /// Every task below one root process, sampled.
 pub struct Tasks {
-    root: u32,
     live: HashMap<u32, Task>,
     procs: HashMap<u32, Process>,
     /// Pids looked at in /proc and found outside the tree (dropped once they are gone
@@ -269,7 +268,6 @@ impl Tasks {
     pub fn start(root: u32) -> Option<Tasks> {
         let stat = ProcFile::new(format!("/proc/{root}/stat"), true)?;
         let mut t = Tasks {
-            root,
             live: HashMap::new(),
             procs: HashMap::from([(
                 root,
@@ -288,11 +286,6 @@ impl Tasks {
         t.discover(true);
         t.count();
         Some(t)
-    }
-
-    /// The root process's pid.
-    pub fn root(&self) -> u32 {
-        self.root
     }
 
     /// One sample: read every known task (a task that is gone keeps its last counts),
