@@ -412,6 +412,15 @@ fn sampler(shared: &Mutex<Shared>, stop: &Stop) -> Duration {
     }
 }
 
+/// Tests that watch this test process's own tree take this lock: a watch of the
+/// whole process sees every other test's children and threads, and holds
+/// descriptors into them.
+#[cfg(test)]
+pub(crate) fn watching_self() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +436,7 @@ mod tests {
     /// the account: the sampler saw it alive once, and remembers it.
     #[test]
     fn an_exited_thread_keeps_its_cpu() {
+        let _serial = watching_self();
         let mut tasks = tasks::Tasks::start(std::process::id()).unwrap();
         let (spun_tx, spun_rx) = std::sync::mpsc::channel();
         let (exit_tx, exit_rx) = std::sync::mpsc::channel::<()>();
@@ -491,40 +501,56 @@ mod tests {
 
     /// A tree larger than the sampler's descriptor budget is read whole, by name past
     /// the budget, and the sampler never holds more than the budget open: it runs in
-    /// a client whose descriptors are its connections.
+    /// a client whose descriptors are its connections. (The descriptors counted are
+    /// those that point into the tree, so other tests' files do not count.)
     #[test]
     fn a_large_tree_is_read_within_the_descriptor_budget() {
-        let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let rx = std::sync::Arc::new(Mutex::new(rx));
-        let extra = 400;
-        let threads: Vec<_> = (0..extra)
-            .map(|_| {
-                let rx = rx.clone();
-                std::thread::spawn(move || {
-                    let _ = rx.lock().unwrap().recv();
-                })
-            })
-            .collect();
-        let before = fds();
-        let mut tasks = tasks::Tasks::start(std::process::id()).unwrap();
+        let _serial = watching_self();
+        let extra = 300;
+        let mut root = Command::new("sh")
+            .args([
+                "-c",
+                &format!("for i in $(seq {extra}); do sleep 30 & done; wait"),
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = root.id();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while proctree::descendants(pid).len() < extra {
+            assert!(Instant::now() < deadline, "the tree never grew");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut tasks = tasks::Tasks::start(pid).unwrap();
         tasks.sample();
         let t = tasks.totals();
-        // Other tests' threads come and go beside these; this test's are all there.
-        assert!(t.tasks_seen >= extra as u64, "{t:?}");
-        assert!(t.threads_now >= extra as u64, "{t:?}");
-        assert!(
-            fds() <= before + 256,
-            "{} descriptors after, {before} before",
-            fds()
-        );
-        drop(tx);
-        for th in threads {
-            th.join().unwrap();
+        assert!(t.tasks_seen > extra as u64, "{t:?}");
+        assert!(t.processes_now > extra as u64, "{t:?}");
+        let mut tree: Vec<u32> = proctree::descendants(pid);
+        tree.push(pid);
+        let into_tree = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter(|link| {
+                let mut parts = link.iter().skip(2);
+                link.starts_with("/proc")
+                    && parts
+                        .next()
+                        .and_then(|p| p.to_str()?.parse::<u32>().ok())
+                        .is_some_and(|p| tree.contains(&p))
+            })
+            .count();
+        assert!(into_tree <= 256, "{into_tree} descriptors into the tree");
+        assert!(into_tree > 0, "the first tasks are kept open");
+        for kid in proctree::descendants(pid) {
+            // SAFETY: our own child's children.
+            unsafe { libc::kill(kid as libc::pid_t, libc::SIGKILL) };
         }
+        root.wait().unwrap();
         tasks.sample();
         assert!(
-            tasks.totals().tasks_exited >= extra as u64,
+            tasks.totals().tasks_exited > extra as u64,
             "{:?}",
             tasks.totals()
         );
@@ -549,6 +575,7 @@ mod tests {
     /// The account of this test process: figures present, each saying how.
     #[test]
     fn a_watch_gives_every_figure_with_how() {
+        let _serial = watching_self();
         let mut w = Watch::start(std::process::id()).unwrap();
         w.read_memory();
         spin_thread_cpu(thread_cpu() + Duration::from_millis(20));

@@ -209,6 +209,7 @@ mod tests {
 
     #[test]
     fn watching_this_process_tree() {
+        let _serial = crate::account::watching_self();
         let mut w = ServerWatch::start(Some(std::process::id()))
             .unwrap()
             .unwrap();
