@@ -135,18 +135,17 @@ impl ServerAccount {
     /// given), each figure followed by how it was measured; the caller names the
     /// server.
     pub fn summary(&self, requests: Option<u64>) -> String {
-        let per = |f: &Figure, digits: usize| match requests
+        let per = |f: &Figure, unit: &str, scale: f64| match requests
             .and_then(|r| ServerAccount::per_request(f, r))
         {
-            Some(x) => format!(" = {x:.digits$}/request"),
+            Some(x) => format!(" = {:.2}{unit}/request", x * scale),
             None => String::new(),
         };
-        let how = |f: &Figure| format!(" ({})", f.measured.label());
         let value = |f: &Figure, show: &dyn Fn(f64) -> String| {
             f.value.map_or("not measured".to_string(), show)
         };
         let how = |f: &Figure| match f.value {
-            Some(_) => how(f),
+            Some(_) => format!(" ({})", f.measured.label()),
             None => String::new(),
         };
         let mb = |b: f64| format!("{:.1} MB", b / 1e6);
@@ -156,17 +155,10 @@ impl ServerAccount {
             "cpu {}{}{}; context switches {}{}{}; threads at most {}, \
              processes at most {} ({} tasks seen, {} exited){}",
             value(cpu, &|s| format!("{s:.3} s")),
-            cpu.value.map_or(String::new(), |s| per(
-                &Figure {
-                    value: Some(s * 1e6),
-                    ..cpu.clone()
-                },
-                2
-            )
-            .replace("/request", " us/request")),
+            per(cpu, " us", 1e6),
             how(cpu),
             value(&self.context_switches, &count),
-            per(&self.context_switches, 2),
+            per(&self.context_switches, "", 1.0),
             how(&self.context_switches),
             value(&self.threads_peak, &count),
             value(&self.processes_peak, &count),
@@ -298,16 +290,18 @@ impl Watch {
 
     /// Stop the sampler, take the last reading (call it before the clients close), and
     /// give the account.
-    pub fn finish(mut self) -> ServerAccount {
-        {
-            *self.stop.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
-            self.stop.wake.notify_all();
-        }
-        let sampler_cpu = self
-            .thread
+    /// Stop the sampler thread (once) and give the CPU it used.
+    fn stop_sampler(&mut self) -> Duration {
+        *self.stop.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.stop.wake.notify_all();
+        self.thread
             .take()
             .and_then(|t| t.join().ok())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    pub fn finish(mut self) -> ServerAccount {
+        let sampler_cpu = self.stop_sampler();
         let end = cgroup::Reading::of(&self.places);
         let mut shared = lock(&self.shared);
         shared.tasks.sample();
@@ -317,13 +311,8 @@ impl Watch {
             "sampled from /proc every {interval:.0} ms on average: what a task did in its \
              last {interval:.0} ms before exiting may be missed"
         );
-        let group = |file: &str| {
-            let dir = match file {
-                "cpu" => &self.places.cpu,
-                "memory" => &self.places.memory,
-                _ => &self.places.pids,
-            };
-            dir.as_ref().map_or(String::new(), |p| {
+        let group = |place: &Option<cgroup::Place>| {
+            place.as_ref().map_or(String::new(), |p| {
                 format!("the server's cgroup {}", p.dir.display())
             })
         };
@@ -332,7 +321,7 @@ impl Watch {
                 .zip(self.start.cpu_ns)
                 .map(|(e, s)| e.saturating_sub(s)),
             1e-9,
-            group("cpu"),
+            group(&self.places.cpu),
         )
         .unwrap_or_else(|| Figure::sampled(t.counts.cpu_ns as f64 * 1e-9, &sampled_note));
         let no_group = if self.places.memory.is_some() {
@@ -353,9 +342,9 @@ impl Watch {
             tasks_seen: t.tasks_seen,
             tasks_exited: t.tasks_exited,
             processes_seen: t.processes_seen,
-            memory_bytes: Figure::cgroup(end.memory_bytes, 1.0, group("memory"))
+            memory_bytes: Figure::cgroup(end.memory_bytes, 1.0, group(&self.places.memory))
                 .unwrap_or_else(|| Figure::not_measured(no_group)),
-            sock_bytes: Figure::cgroup(end.sock_bytes, 1.0, group("memory"))
+            sock_bytes: Figure::cgroup(end.sock_bytes, 1.0, group(&self.places.memory))
                 .unwrap_or_else(|| Figure::not_measured(no_group)),
             pss_bytes: match memory.and_then(|m| m.pss_bytes) {
                 Some(b) => Figure::sampled(b as f64, pss_note),
@@ -376,11 +365,7 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        *self.stop.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.stop.wake.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop_sampler();
     }
 }
 
